@@ -1,0 +1,21 @@
+"""filterstats: measure the convolution filters of trained neural networks.
+
+Reproduces the filter analysis of Gavrikov & Keuper, "Adversarial Robustness
+through the Lens of Convolutional Filters" (CVPR-W 2022, arXiv:2204.02481):
+sparsity, diversity (variance entropy) and orthogonality of every convolution.
+"""
+
+from __future__ import annotations
+
+from filterstats._warnings import FilterStatsWarning
+from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ConvLayer",
+    "FilterSet",
+    "FilterStatsWarning",
+    "SkippedLayer",
+    "__version__",
+]
