@@ -8,23 +8,30 @@ sparsity, diversity (variance entropy) and orthogonality of every convolution.
 from __future__ import annotations
 
 from filterstats._warnings import FilterStatsWarning
+from filterstats.analysis import analyze
 from filterstats.extract import extract_filters, register_effective_weight
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
+from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AnalysisParams",
     "ConvLayer",
+    "FilterReport",
     "FilterSet",
     "FilterStatsWarning",
     "LayerMetrics",
+    "LayerRow",
     "SkippedLayer",
     "__version__",
+    "analyze",
     "diversity",
     "extract_filters",
     "measure",
     "orthogonality",
+    "read_report",
     "register_effective_weight",
     "sparsity",
 ]
