@@ -197,7 +197,7 @@ class _OutputDirectory:
             if kind is None:
                 self.target.mkdir(exist_ok=True)
                 for item in sorted(self.staging.iterdir()):
-                    os.replace(item, self.target / item.name)
+                    item.replace(self.target / item.name)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
 
