@@ -8,7 +8,9 @@ sparsity, diversity (variance entropy) and orthogonality of every convolution.
 from __future__ import annotations
 
 from filterstats._warnings import FilterStatsWarning
+from filterstats.extract import extract_filters, register_effective_weight
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
+from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
 
 __version__ = "0.1.0.dev0"
 
@@ -16,6 +18,13 @@ __all__ = [
     "ConvLayer",
     "FilterSet",
     "FilterStatsWarning",
+    "LayerMetrics",
     "SkippedLayer",
     "__version__",
+    "diversity",
+    "extract_filters",
+    "measure",
+    "orthogonality",
+    "register_effective_weight",
+    "sparsity",
 ]
