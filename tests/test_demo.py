@@ -277,3 +277,18 @@ def test_train_cli_rejects_bad_arguments(tmp_path, capsys):
         main(["--out", str(tmp_path), "--epochs", "0"])
     assert "--epochs must be a positive integer, got 0" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_core_extraction_sees_five_sequential_3x3_layers():
+    import filterstats as fs
+
+    model = demo.load_model("robust", SEEDS[0])
+    filterset = fs.extract_filters(model)
+    assert [layer.name for layer in filterset] == [f"conv{i}" for i in range(1, 6)]
+    assert [layer.conv_depth for layer in filterset] == [0, 1, 2, 3, 4]
+    for layer, width in zip(filterset, demo.DEMO_WIDTHS, strict=True):
+        assert layer.out_channels == width
+        torch.testing.assert_close(layer.weight, getattr(model, layer.name).weight)
+    values = fs.orthogonality(filterset)
+    assert values.shape == (5,)
+    assert bool(((values >= 0) & (values <= 1)).all())
