@@ -8,14 +8,19 @@ sparsity, diversity (variance entropy) and orthogonality of every convolution.
 from __future__ import annotations
 
 from filterstats._warnings import FilterStatsWarning
+from filterstats.checkpoints import CheckpointError, load_state_dict
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
+from filterstats.zoo.specs import load_model
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CheckpointError",
     "ConvLayer",
     "FilterSet",
     "FilterStatsWarning",
     "SkippedLayer",
     "__version__",
+    "load_model",
+    "load_state_dict",
 ]

@@ -162,7 +162,9 @@ class FilterSet(Sequence[ConvLayer]):
         ]
         for layer in self.layers[:20]:
             shape = "x".join(str(s) for s in layer.weight.shape)
-            lines.append(f"  {layer.name:<40} {layer.module_type:<16} {shape:<16} d={layer.conv_depth}")
+            lines.append(
+                f"  {layer.name:<40} {layer.module_type:<16} {shape:<16} d={layer.conv_depth}"
+            )
         if len(self.layers) > 20:
             lines.append(f"  ... {len(self.layers) - 20} more")
         for skip in self.skipped[:10]:
