@@ -91,12 +91,13 @@ def extract_onnx_filters(
 
     layers: list[ConvLayer] = []
     skipped: list[SkippedLayer] = []
-    first_user: dict[str, int] = {}
+    first_user: dict[int, int] = {}
     for index, node, name, weight, reason in found:
         if weight is None:
             skipped.append(SkippedLayer(name, node.op_type, reason))
             continue
-        weight_name = node.input[3 if node.op_type == "QLinearConv" else 1]
+        # Identity nodes alias the very same array: identity of the stored array finds sharing.
+        weight_name = id(constants[node.input[3 if node.op_type == "QLinearConv" else 1]])
         if weight_name in first_user:
             owner = layers[first_user[weight_name]]
             layers[first_user[weight_name]] = _with_shared(owner, name)
