@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from filterstats._warnings import FilterStatsWarning
 from filterstats.checkpoints import CheckpointError, load_state_dict
+from filterstats.extract import extract_filters, register_effective_weight
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
+from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
 from filterstats.zoo.specs import load_model
 
 __version__ = "0.1.0.dev0"
@@ -19,8 +21,15 @@ __all__ = [
     "ConvLayer",
     "FilterSet",
     "FilterStatsWarning",
+    "LayerMetrics",
     "SkippedLayer",
     "__version__",
+    "diversity",
+    "extract_filters",
     "load_model",
     "load_state_dict",
+    "measure",
+    "orthogonality",
+    "register_effective_weight",
+    "sparsity",
 ]

@@ -158,13 +158,13 @@ class FilterSet(Sequence[ConvLayer]):
     def __repr__(self) -> str:
         lines = [
             f"FilterSet({self.source or 'model'}: {len(self.layers)} layers, "
-            f"{self.n_filters:,} filters, {len(self.skipped)} skipped, depth by {self.depth_method})"
+            f"{self.n_filters:,} filters, {len(self.skipped)} skipped, "
+            f"depth by {self.depth_method})"
         ]
         for layer in self.layers[:20]:
             shape = "x".join(str(s) for s in layer.weight.shape)
-            lines.append(
-                f"  {layer.name:<40} {layer.module_type:<16} {shape:<16} d={layer.conv_depth}"
-            )
+            kind = f"{layer.module_type:<16} {shape:<16}"
+            lines.append(f"  {layer.name:<40} {kind} d={layer.conv_depth}")
         if len(self.layers) > 20:
             lines.append(f"  ... {len(self.layers) - 20} more")
         for skip in self.skipped[:10]:

@@ -1,0 +1,623 @@
+"""Sparsity, diversity (variance entropy) and orthogonality of convolution filters.
+
+Definitions follow Gavrikov & Keuper, "Adversarial Robustness through the Lens of
+Convolutional Filters" (CVPR-W 2022, arXiv:2204.02481) as its analysis code computes
+them (``definition="paper"``, the default), or the authors' later package
+torchconvquality 0.3.0 (``definition="torchconvquality"``). See the Metrics page of
+the documentation for formulas and every deliberate difference from the references.
+
+Every function takes one layer's weight ``(C_out, C_in / groups, *kernel)`` and returns
+a 0-d tensor, or a [`FilterSet`][filterstats.FilterSet] / sequence of weights and
+returns a 1-D tensor with one value per layer, on the weights' device, in float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import torch
+from torch import Tensor, nn
+
+from filterstats import kernels
+from filterstats._checks import NanPolicy, check_choice, check_eps
+from filterstats._warnings import FilterStatsWarning
+from filterstats.layers import ConvLayer, FilterSet
+
+__all__ = [
+    "DiversitySettings",
+    "LayerMetrics",
+    "diversity",
+    "measure",
+    "orthogonality",
+    "sparsity",
+]
+
+Definition = Literal["paper", "torchconvquality"]
+FilterInput = Union[Tensor, ConvLayer, FilterSet, Sequence[Union[Tensor, ConvLayer]]]  # noqa: UP007
+
+_DEFINITIONS = ("paper", "torchconvquality")
+_NAN_POLICIES = ("propagate", "raise", "omit")
+
+
+@dataclass(frozen=True)
+class DiversitySettings:
+    """How kernels enter the variance entropy.
+
+    Attributes:
+        scale_filters: Divide each kernel by its own largest |value| first (paper).
+        drop_sparse: Leave out the sparse kernels (the reference's "clean" variant).
+        normalize: Divide by torchconvquality's fitted threshold of the kernel count.
+        strict: Sparse means ``max|f| < eps * max|W|`` (torchconvquality) instead of
+            ``<=`` (paper).
+    """
+
+    scale_filters: bool
+    drop_sparse: bool
+    normalize: bool
+    strict: bool
+
+    @classmethod
+    def preset(
+        cls,
+        definition: Definition,
+        *,
+        scale_filters: bool | None = None,
+        drop_sparse: bool | None = None,
+        normalize: bool | None = None,
+        strict: bool | None = None,
+    ) -> DiversitySettings:
+        """Settings of a named definition, with optional overrides.
+
+        Args:
+            definition: ``"paper"`` (scaled, sparse dropped, ``<=``) or
+                ``"torchconvquality"`` (raw kernels, all kept, ``<``).
+            scale_filters: Override.
+            drop_sparse: Override.
+            normalize: Override.
+            strict: Override.
+
+        Returns:
+            The settings.
+        """
+        check_choice("definition", definition, _DEFINITIONS)
+        paper = definition == "paper"
+        return cls(
+            scale_filters=paper if scale_filters is None else bool(scale_filters),
+            drop_sparse=paper if drop_sparse is None else bool(drop_sparse),
+            normalize=False if normalize is None else bool(normalize),
+            strict=(not paper) if strict is None else bool(strict),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class LayerMetrics:
+    """All per-layer metrics of a set of layers, computed in one batched pass.
+
+    Every tensor has shape ``(L,)`` and lives on the first layer's device.
+
+    Attributes:
+        names: Layer names (``"layer0"``, ... for bare tensors).
+        n_filters: Kernels per layer (``C_out * C_in / groups``).
+        n_nonsparse: Non-sparse kernels per layer.
+        out_channels: Output filters per layer.
+        sparsity: Fraction of sparse kernels.
+        diversity: Variance entropy under ``settings``.
+        diversity_clean: Variance entropy of the non-sparse kernels only (otherwise
+            ``settings``); equal to ``diversity`` for the paper definition.
+        entropy_raw: Variance entropy of the raw kernels, all kept, not normalised
+            (CNN Filter DB's variant).
+        orthogonality: 1 minus the mean |cosine| between distinct output filters.
+        eps: Sparsity threshold used.
+        settings: Diversity settings used.
+        definition: Name of the definition preset.
+    """
+
+    names: tuple[str, ...]
+    n_filters: Tensor
+    n_nonsparse: Tensor
+    out_channels: Tensor
+    sparsity: Tensor
+    diversity: Tensor
+    diversity_clean: Tensor
+    entropy_raw: Tensor
+    orthogonality: Tensor
+    eps: float
+    settings: DiversitySettings
+    definition: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_layers(x: object, argument: str = "filters") -> tuple[list[Tensor], list[str], bool]:
+    """Normalise any accepted input to (weights, names, is_single)."""
+    if isinstance(x, nn.Module):
+        raise TypeError(
+            f"`{argument}` must be a weight tensor, a FilterSet or a list of weights, got the "
+            f"module {type(x).__name__}. Pass `filterstats.extract_filters(model)` or "
+            "`conv.weight`."
+        )
+    if isinstance(x, Tensor):
+        return [_check_weight(x, argument)], ["layer0"], True
+    if isinstance(x, ConvLayer):
+        return [_check_weight(x.weight, argument)], [x.name], True
+    if isinstance(x, FilterSet):
+        return [_check_weight(layer.weight, argument) for layer in x], list(x.names), False
+    if isinstance(x, Sequence) and not isinstance(x, (str, bytes)):
+        weights, names = [], []
+        for i, item in enumerate(x):
+            if isinstance(item, ConvLayer):
+                weights.append(_check_weight(item.weight, f"{argument}[{i}]"))
+                names.append(item.name)
+            elif isinstance(item, Tensor):
+                weights.append(_check_weight(item, f"{argument}[{i}]"))
+                names.append(f"layer{i}")
+            else:
+                raise TypeError(
+                    f"`{argument}[{i}]` must be a weight tensor or ConvLayer, "
+                    f"got {type(item).__name__}."
+                )
+        return weights, names, False
+    raise TypeError(
+        f"`{argument}` must be a weight tensor (C_out, C_in, kH, kW), a FilterSet or a list "
+        f"of weights, got {type(x).__name__}."
+    )
+
+
+def _check_weight(weight: Tensor, argument: str) -> Tensor:
+    if weight.ndim < 3:
+        raise ValueError(
+            f"`{argument}` must be a convolution weight (C_out, C_in / groups, *kernel) with "
+            f"3 to 5 dimensions, got shape {tuple(weight.shape)}. A 2-D tensor is a linear "
+            "layer or kernel matrix: reshape it to (C_out, C_in, kH, kW)."
+        )
+    if weight.ndim > 5:
+        raise ValueError(
+            f"`{argument}` must have 3 to 5 dimensions (Conv1d/2d/3d weights), got shape "
+            f"{tuple(weight.shape)}. For a stack of layers pass a list: `list(stack)`."
+        )
+    if not weight.is_floating_point():
+        raise TypeError(
+            f"`{argument}` must be floating point, got {weight.dtype}. Dequantize first "
+            "(`weight.dequantize()`) or use `extract_filters`, which does it."
+        )
+    if weight.device.type == "meta":
+        raise ValueError(
+            f"`{argument}` is on the meta device and holds no values; load or materialise "
+            "the weights first."
+        )
+    return weight.detach()
+
+
+# ----------------------------------------------------------------- shared passes
+
+
+@dataclass(frozen=True)
+class _SparsityPass:
+    """Per-layer results of the first pass (kernel maxima)."""
+
+    maxabs: list[Tensor]  # (N_l,) float64 per layer
+    sparse: list[Tensor]  # (N_l,) bool per layer
+    valid: list[Tensor | None]  # (N_l,) bool finite kernels (omit policy), else None
+    layer_max: Tensor  # (L,) float64, NaN if non-finite
+    finite: Tensor  # (L,) bool
+    n_valid: Tensor  # (L,) float64
+
+
+def _sparsity_pass(
+    weights: list[Tensor], eps: float, strict: bool, nan_policy: NanPolicy
+) -> _SparsityPass:
+    maxabs, sparse, valid, layer_max, finite, n_valid = [], [], [], [], [], []
+    for weight in weights:
+        kernel_max = kernels.kernel_maxabs(weight.reshape(weight.shape[0] * weight.shape[1], -1))
+        is_finite = torch.isfinite(kernel_max)
+        if nan_policy == "omit":
+            keep: Tensor | None = is_finite
+            top = torch.where(is_finite, kernel_max, 0.0).amax() if kernel_max.numel() else None
+            count = is_finite.sum().to(torch.float64)
+        else:
+            keep = None
+            top = kernel_max.amax() if kernel_max.numel() else None
+            count = torch.tensor(float(kernel_max.numel()), dtype=torch.float64)
+        top = top if top is not None else kernel_max.new_zeros(())
+        threshold = eps * top
+        below = kernel_max < threshold if strict else kernel_max <= threshold
+        # An all-zero layer: every kernel is sparse under both definitions.
+        is_sparse = torch.where(top > 0, below, True)
+        if keep is not None:
+            is_sparse = is_sparse & keep
+        maxabs.append(kernel_max)
+        sparse.append(is_sparse)
+        valid.append(keep)
+        layer_max.append(top)
+        finite.append(is_finite.all())
+        n_valid.append(count.to(kernel_max.device))
+    device = weights[0].device if weights else torch.device("cpu")
+    return _SparsityPass(
+        maxabs=maxabs,
+        sparse=sparse,
+        valid=valid,
+        layer_max=_stack(layer_max, device, torch.float64),
+        finite=_stack(finite, device, torch.bool),
+        n_valid=_stack(n_valid, device, torch.float64),
+    )
+
+
+def _stack(values: list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
+    if not values:
+        return torch.zeros(0, dtype=dtype, device=device)
+    return torch.stack([v.to(device=device, dtype=dtype) for v in values])
+
+
+def _check_nan_policy(names: list[str], first: _SparsityPass, nan_policy: NanPolicy) -> None:
+    if nan_policy != "raise" or not names:
+        return
+    finite = first.finite.tolist()  # one host transfer for the whole set
+    bad = [name for name, ok in zip(names, finite) if not ok]
+    if bad:
+        raise ValueError(
+            f"non-finite (NaN or inf) weights in layer(s) {bad}. Use nan_policy='omit' to "
+            "leave out the affected kernels or 'propagate' to return NaN for those layers."
+        )
+
+
+def _sparsity_values(first: _SparsityPass) -> Tensor:
+    if not first.sparse:
+        return first.layer_max.clone()
+    counts = _stack([m.sum() for m in first.sparse], first.layer_max.device, torch.float64)
+    values = counts / first.n_valid.clamp_min(1.0)
+    return torch.where(first.n_valid > 0, values, torch.nan)
+
+
+def _entropy_values(
+    weights: list[Tensor],
+    first: _SparsityPass,
+    *,
+    scale_filters: bool,
+    drop_sparse: bool,
+    normalize: bool,
+    chunk_bytes: int,
+) -> Tensor:
+    device = first.layer_max.device
+    counts, totals, outers, widths = [], [], [], []
+    for weight, kernel_max, sparse, valid in zip(weights, first.maxabs, first.sparse, first.valid):
+        rows = weight.reshape(weight.shape[0] * weight.shape[1], -1)
+        mask = ~sparse if drop_sparse else valid
+        scale = torch.where(kernel_max > 0, kernel_max, 1.0) if scale_filters else None
+        count, total, outer = kernels.kernel_moments(
+            rows,
+            weights=None if mask is None else mask.to(torch.float64),
+            scale=scale,
+            chunk_bytes=chunk_bytes,
+        )
+        counts.append(count)
+        totals.append(total)
+        outers.append(outer)
+        widths.append(rows.shape[1])
+    entropy = torch.full((len(weights),), torch.nan, dtype=torch.float64, device=device)
+    # One batched eigen-solve per kernel size.
+    for width in sorted(set(widths)):
+        index = [i for i, w in enumerate(widths) if w == width]
+        count = _stack([counts[i] for i in index], device, torch.float64)
+        values = kernels.variance_entropy(
+            count,
+            _stack([totals[i] for i in index], device, torch.float64),
+            _stack([outers[i] for i in index], device, torch.float64),
+        )
+        if normalize:
+            values = values / kernels.entropy_threshold(count)
+        entropy[torch.tensor(index, device=device)] = values
+    return entropy
+
+
+def _orthogonality_values(
+    weights: list[Tensor], first: _SparsityPass, nan_policy: NanPolicy, chunk_bytes: int
+) -> Tensor:
+    device = first.layer_max.device
+    values = []
+    for weight, kernel_max in zip(weights, first.maxabs):
+        n_out = weight.shape[0]
+        rows = weight.reshape(n_out, -1)
+        row_mask = None
+        n = torch.tensor(float(n_out), dtype=torch.float64, device=weight.device)
+        if nan_policy == "omit":
+            row_mask = torch.isfinite(kernel_max.view(n_out, -1)).all(dim=1)
+            n = row_mask.sum().to(torch.float64)
+        offdiag = kernels.offdiag_abs_gram_sum(rows, row_mask=row_mask, chunk_bytes=chunk_bytes)
+        pairs = kernels.pair_count(n)
+        value = 1.0 - offdiag / torch.where(pairs > 0, pairs, 1.0)
+        values.append(torch.where(pairs > 0, value, torch.nan))
+    return _stack(values, device, torch.float64)
+
+
+def _finalize(
+    values: Tensor, first: _SparsityPass, nan_policy: NanPolicy, *, dead_is_nan: bool
+) -> Tensor:
+    if nan_policy == "propagate":
+        values = torch.where(first.finite, values, torch.nan)
+    if dead_is_nan:
+        values = torch.where(first.layer_max > 0, values, torch.nan)
+    return values
+
+
+def _warn_degenerate(
+    names: list[str], weights: list[Tensor], first: _SparsityPass, metric: str
+) -> None:
+    if not names:
+        return
+    dead = (first.layer_max == 0).tolist()  # one host transfer for the whole set
+    for name, weight, is_dead in zip(names, weights, dead):
+        if is_dead:
+            warnings.warn(
+                f"layer {name!r} is all zeros: sparsity is 1 and {metric} is NaN.",
+                FilterStatsWarning,
+                stacklevel=3,
+            )
+        elif "orthogonality" in metric and weight.shape[0] < 2:
+            warnings.warn(
+                f"layer {name!r} has a single output filter: orthogonality is NaN.",
+                FilterStatsWarning,
+                stacklevel=3,
+            )
+
+
+def _single(values: Tensor, is_single: bool) -> Tensor:
+    return values[0] if is_single else values
+
+
+# ---------------------------------------------------------------- public metrics
+
+
+def sparsity(
+    filters: FilterInput,
+    *,
+    eps: float = 0.01,
+    definition: Definition = "paper",
+    strict: bool | None = None,
+    nan_policy: NanPolicy = "propagate",
+) -> Tensor:
+    r"""Fraction of sparse kernels in each layer.
+
+    A kernel :math:`f` (one ``kH x kW`` slice of the weight) is sparse when
+    :math:`\max|f| \le \epsilon \max|W|`, with :math:`W` the whole layer (paper);
+    torchconvquality uses a strict ``<``. An all-zero layer has sparsity 1.
+
+    Args:
+        filters: One weight ``(C_out, C_in / groups, *kernel)``, a
+            [`FilterSet`][filterstats.FilterSet] or a sequence of weights.
+        eps: Threshold as a fraction of the layer's largest |weight|, in [0, 1).
+        definition: ``"paper"`` (``<=``) or ``"torchconvquality"`` (``<``).
+        strict: Override the comparison of ``definition``.
+        nan_policy: Non-finite weights: ``"propagate"`` (NaN for that layer),
+            ``"raise"`` (ValueError naming the layers) or ``"omit"`` (leave out the
+            kernels holding NaN/inf).
+
+    Returns:
+        Values in [0, 1], float64: shape ``()`` for one weight, ``(L,)`` otherwise.
+
+    Examples:
+        >>> import torch, filterstats as fs
+        >>> w = torch.randn(8, 4, 3, 3)
+        >>> w[0] = 0  # four dead kernels out of 32
+        >>> fs.sparsity(w)
+        tensor(0.1250, dtype=torch.float64)
+    """
+    eps = check_eps(eps)
+    settings = DiversitySettings.preset(definition, strict=strict)
+    check_choice("nan_policy", nan_policy, _NAN_POLICIES)
+    weights, names, single = _as_layers(filters)
+    first = _sparsity_pass(weights, eps, settings.strict, nan_policy)
+    _check_nan_policy(names, first, nan_policy)
+    values = _finalize(_sparsity_values(first), first, nan_policy, dead_is_nan=False)
+    return _single(values, single)
+
+
+def diversity(
+    filters: FilterInput,
+    *,
+    definition: Definition = "paper",
+    eps: float = 0.01,
+    scale_filters: bool | None = None,
+    drop_sparse: bool | None = None,
+    normalize: bool | None = None,
+    strict: bool | None = None,
+    nan_policy: NanPolicy = "propagate",
+    chunk_bytes: int = kernels.DEFAULT_CHUNK_BYTES,
+) -> Tensor:
+    r"""Variance entropy of each layer's kernels (base 10).
+
+    The kernels are flattened to vectors of length :math:`K = kH \cdot kW`, centred,
+    and the explained-variance ratios :math:`p_j` of their principal components give
+    :math:`H = -\sum_j p_j \log_{10} p_j \in [0, \log_{10} K]` (0.954 for 3x3): 0 when
+    all kernels lie on one line, maximal when their variance is spread evenly.
+
+    ``definition="paper"``: each kernel is first divided by its own largest |value|
+    and sparse kernels are dropped. ``definition="torchconvquality"``: raw kernels,
+    all kept. ``normalize=True`` divides by torchconvquality's fitted threshold of the
+    kernel count (values then lie roughly in [0, 1]).
+
+    Degenerate layers: fewer than two kernels counted, or an all-zero layer, give NaN
+    (with a [`FilterStatsWarning`][filterstats.FilterStatsWarning] for all-zero
+    layers); kernels without variance (all identical) give 0.
+
+    Args:
+        filters: One weight ``(C_out, C_in / groups, *kernel)``, a
+            [`FilterSet`][filterstats.FilterSet] or a sequence of weights.
+        definition: ``"paper"`` or ``"torchconvquality"``; sets the defaults below.
+        eps: Sparsity threshold for ``drop_sparse``, fraction of the layer's max.
+        scale_filters: Divide each kernel by its own largest |value| first.
+        drop_sparse: Leave out sparse kernels (the "clean" variant).
+        normalize: Divide by torchconvquality's threshold function of the count.
+        strict: Sparse is ``<`` instead of ``<=``.
+        nan_policy: ``"propagate"``, ``"raise"`` or ``"omit"``; see
+            [`sparsity`][filterstats.sparsity].
+        chunk_bytes: Working memory per chunk of kernels.
+
+    Returns:
+        Entropies, float64: shape ``()`` for one weight, ``(L,)`` otherwise.
+
+    Examples:
+        >>> import torch, filterstats as fs
+        >>> fs.diversity(torch.randn(64, 64, 3, 3)) > 0.9  # isotropic noise: near log10(9)
+        tensor(True)
+    """
+    eps = check_eps(eps)
+    check_choice("nan_policy", nan_policy, _NAN_POLICIES)
+    settings = DiversitySettings.preset(
+        definition,
+        scale_filters=scale_filters,
+        drop_sparse=drop_sparse,
+        normalize=normalize,
+        strict=strict,
+    )
+    weights, names, single = _as_layers(filters)
+    first = _sparsity_pass(weights, eps, settings.strict, nan_policy)
+    _check_nan_policy(names, first, nan_policy)
+    values = _entropy_values(
+        weights,
+        first,
+        scale_filters=settings.scale_filters,
+        drop_sparse=settings.drop_sparse,
+        normalize=settings.normalize,
+        chunk_bytes=chunk_bytes,
+    )
+    values = _finalize(values, first, nan_policy, dead_is_nan=True)
+    _warn_degenerate(names, weights, first, "diversity")
+    return _single(values, single)
+
+
+def orthogonality(
+    filters: FilterInput,
+    *,
+    nan_policy: NanPolicy = "propagate",
+    chunk_bytes: int = kernels.DEFAULT_CHUNK_BYTES,
+) -> Tensor:
+    r"""How orthogonal each layer's output filters are to each other.
+
+    The ``C_out`` filters are flattened to vectors of length ``C_in / groups * kH * kW``
+    and L2-normalised (:math:`\hat w_i`); then
+    :math:`1 - \frac{1}{n(n-1)} \sum_{i \ne j} |\hat w_i \cdot \hat w_j|` with
+    :math:`n = C_\text{out}`: 1 for mutually orthogonal filters, 0 for parallel ones.
+    An all-zero filter counts as orthogonal to every other (the references add 1 on
+    its diagonal instead). A single-filter or all-zero layer gives NaN with a
+    [`FilterStatsWarning`][filterstats.FilterStatsWarning].
+
+    Args:
+        filters: One weight ``(C_out, C_in / groups, *kernel)``, a
+            [`FilterSet`][filterstats.FilterSet] or a sequence of weights.
+        nan_policy: ``"propagate"``, ``"raise"`` or ``"omit"`` (leave out output
+            filters holding NaN/inf).
+        chunk_bytes: Working memory of one block of the Gram matrix; bounds peak
+            memory on the largest layers.
+
+    Returns:
+        Values in [0, 1], float64: shape ``()`` for one weight, ``(L,)`` otherwise.
+
+    Examples:
+        >>> import torch, filterstats as fs
+        >>> eye = torch.eye(9).reshape(9, 1, 3, 3)  # 9 orthonormal filters
+        >>> fs.orthogonality(eye)
+        tensor(1., dtype=torch.float64)
+    """
+    check_choice("nan_policy", nan_policy, _NAN_POLICIES)
+    weights, names, single = _as_layers(filters)
+    first = _sparsity_pass(weights, 0.0, False, nan_policy)
+    _check_nan_policy(names, first, nan_policy)
+    values = _orthogonality_values(weights, first, nan_policy, chunk_bytes)
+    values = _finalize(values, first, nan_policy, dead_is_nan=True)
+    _warn_degenerate(names, weights, first, "orthogonality")
+    return _single(values, single)
+
+
+def measure(
+    filters: FilterInput,
+    *,
+    eps: float = 0.01,
+    definition: Definition = "paper",
+    scale_filters: bool | None = None,
+    normalize: bool | None = None,
+    strict: bool | None = None,
+    nan_policy: NanPolicy = "propagate",
+    chunk_bytes: int = kernels.DEFAULT_CHUNK_BYTES,
+) -> LayerMetrics:
+    """Every per-layer metric in one batched pass over the weights.
+
+    Shares the kernel maxima between sparsity and diversity, runs one batched
+    eigen-solve per kernel size, and synchronises with the host once at the end
+    (for warnings). This is what [`analyze`][filterstats.analyze] uses.
+
+    Args:
+        filters: A [`FilterSet`][filterstats.FilterSet], a weight, or a sequence of
+            weights.
+        eps: Sparsity threshold, fraction of the layer's largest |weight|.
+        definition: ``"paper"`` or ``"torchconvquality"``.
+        scale_filters: Override of the definition's kernel scaling for ``diversity``.
+        normalize: Override: normalise ``diversity`` and ``diversity_clean``.
+        strict: Override: sparse is ``<`` instead of ``<=``.
+        nan_policy: ``"propagate"``, ``"raise"`` or ``"omit"``.
+        chunk_bytes: Working memory per chunk.
+
+    Returns:
+        A [`LayerMetrics`][filterstats.metrics.LayerMetrics] with ``(L,)`` tensors.
+    """
+    eps = check_eps(eps)
+    check_choice("nan_policy", nan_policy, _NAN_POLICIES)
+    settings = DiversitySettings.preset(
+        definition, scale_filters=scale_filters, normalize=normalize, strict=strict
+    )
+    weights, names, _ = _as_layers(filters)
+    first = _sparsity_pass(weights, eps, settings.strict, nan_policy)
+    _check_nan_policy(names, first, nan_policy)
+
+    def entropy(scale: bool, drop: bool, norm: bool) -> Tensor:
+        values = _entropy_values(
+            weights,
+            first,
+            scale_filters=scale,
+            drop_sparse=drop,
+            normalize=norm,
+            chunk_bytes=chunk_bytes,
+        )
+        return _finalize(values, first, nan_policy, dead_is_nan=True)
+
+    clean = entropy(settings.scale_filters, True, settings.normalize)
+    main = (
+        clean
+        if settings.drop_sparse
+        else entropy(settings.scale_filters, False, settings.normalize)
+    )
+    raw = entropy(False, False, False)
+    ortho = _finalize(
+        _orthogonality_values(weights, first, nan_policy, chunk_bytes),
+        first,
+        nan_policy,
+        dead_is_nan=True,
+    )
+    device = first.layer_max.device
+    n_filters = _stack(
+        [torch.tensor(float(m.numel())) for m in first.sparse], device, torch.float64
+    )
+    n_sparse = _stack([m.sum() for m in first.sparse], device, torch.float64)
+    _warn_degenerate(names, weights, first, "diversity and orthogonality")
+    return LayerMetrics(
+        names=tuple(names),
+        n_filters=n_filters,
+        n_nonsparse=first.n_valid - n_sparse if nan_policy == "omit" else n_filters - n_sparse,
+        out_channels=_stack(
+            [torch.tensor(float(w.shape[0])) for w in weights], device, torch.float64
+        ),
+        sparsity=_finalize(_sparsity_values(first), first, nan_policy, dead_is_nan=False),
+        diversity=main,
+        diversity_clean=clean,
+        entropy_raw=raw,
+        orthogonality=ortho,
+        eps=eps,
+        settings=settings,
+        definition=definition,
+    )
