@@ -101,7 +101,8 @@ def extract_onnx_filters(
         if weight_name in first_user:
             owner = layers[first_user[weight_name]]
             layers[first_user[weight_name]] = _with_shared(owner, name)
-            skipped.append(SkippedLayer(name, node.op_type, f"shares its weight with {owner.name}"))
+            reason = f"shares its weight with {owner.name!r} (counted once there)"
+            skipped.append(SkippedLayer(name, node.op_type, reason))
             continue
         groups = _attribute(node, "group", 1)
         tensor = torch.from_numpy(np.array(weight, dtype=np.float32, copy=True))
@@ -137,8 +138,10 @@ def extract_onnx_filters(
 
 
 def _constants(graph: Any, onnx: Any) -> dict[str, np.ndarray]:
-    """Every tensor whose value is known without input: initializers, Constant nodes,
-    and Identity/DequantizeLinear nodes of known tensors."""
+    """Every tensor whose value is known without input.
+
+    Initializers, ``Constant`` nodes, and ``Identity``/``DequantizeLinear`` nodes of known tensors.
+    """
     helper = onnx.numpy_helper
     values = {init.name: helper.to_array(init) for init in graph.initializer}
     for node in graph.node:

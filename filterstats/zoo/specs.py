@@ -85,7 +85,8 @@ def parse_spec(spec: str) -> ModelSpec:
             parts = name.split("/")
             if len(parts) != 3 or not all(parts):
                 raise ValueError(
-                    f"RobustBench spec {spec!r} must be robustbench:DATASET/THREAT/NAME[@MODEL_DIR], "
+                    f"RobustBench spec {spec!r} must be "
+                    "robustbench:DATASET/THREAT/NAME[@MODEL_DIR], "
                     "e.g. robustbench:cifar10/Linf/Carmon2019Unlabeled@models."
                 )
             return ModelSpec("robustbench", parts[2], location, parts[0], parts[1])
@@ -114,7 +115,8 @@ def load_model(
     """Load what a model spec names, offline.
 
     Args:
-        spec: A spec string (see the module docs) or a parsed [`ModelSpec`][filterstats.zoo.specs.ModelSpec].
+        spec: A spec string (see the module docs) or a parsed
+            [`ModelSpec`][filterstats.zoo.specs.ModelSpec].
         trust_pickle: Allow checkpoints that need pickled code (can run code).
 
     Returns:
