@@ -149,10 +149,10 @@ def _effective_weight(module: nn.Module) -> Tensor:
         if getter is not None:
             weight = getter(module)
         elif _is_quantized_conv(module):
-            weight = module.weight().dequantize()
+            weight = module.weight().dequantize()  # type: ignore[operator]
         elif parametrize.is_parametrized(module, "weight"):
             with _parametrizations_in_eval(module):
-                weight = module.weight
+                weight = module.weight  # type: ignore[assignment]
         else:
             weight = _hooked_weight(module)
     return weight.detach()
