@@ -157,7 +157,8 @@ def load_model(
         )
     demo: Any = importlib.import_module("filterstats.demo")
     seed = int(parsed.location) if parsed.location else 0
-    return demo.load_model(parsed.name, seed)
+    model: nn.Module = demo.load_model(parsed.name, seed)
+    return model
 
 
 def extract_spec(
@@ -178,9 +179,9 @@ def extract_spec(
         from filterstats.zoo.onnx import extract_onnx_filters
 
         return extract_onnx_filters(parsed.name, kernel_size=kernel_size)
-    from filterstats import extract_filters  # type: ignore[attr-defined]
+    from filterstats.extract import extract_filters
 
     model = load_model(parsed, trust_pickle=trust_pickle)
+    assert not isinstance(model, FilterSet)  # only .onnx files give one, handled above
     size = None if kernel_size is None else tuple(kernel_size)
-    result: FilterSet = extract_filters(model, kernel_size=size)
-    return result
+    return extract_filters(model, kernel_size=size)
