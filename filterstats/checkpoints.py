@@ -241,12 +241,27 @@ def _sniff(file: Path) -> str:
 def _check_zip(file: Path) -> None:
     try:
         with zipfile.ZipFile(file) as archive:
-            archive.namelist()
+            for info in archive.infolist():
+                _check_crc(archive, info)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise CheckpointError(
             f"{file} is a truncated or corrupt torch.save archive ({error}); it was probably cut "
             "off during download or copy. Download it again."
         ) from error
+
+
+def _check_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Read one archive member to its end, which checks its CRC-32 (BadZipFile if wrong).
+
+    torch.load does not check the CRCs, so without this a flipped byte in a tensor's
+    data loads silently as a wrong weight. Members saved without a CRC (torch's
+    ``compute_crc32=False`` writes 0) cannot be checked and are skipped.
+    """
+    if info.CRC == 0 and info.file_size > 0:
+        return
+    with archive.open(info) as member:
+        while member.read(2**24):
+            pass
 
 
 def _torch_load(file: Path, *, mmap: bool, trust_pickle: bool) -> Any:
