@@ -53,9 +53,33 @@ def _kernel_size(text: str) -> int | tuple[int, ...] | None:
         raise argparse.ArgumentTypeError(
             f"kernel size must look like 3, 3x3 or all, got {text!r}"
         ) from None
+    if not parts or any(k < 1 for k in parts):
+        raise argparse.ArgumentTypeError(f"kernel size must be positive, got {text!r}")
     if len(parts) == 1:
         return (parts[0], parts[0])
     return parts
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r}; use cpu, cuda, cuda:1 or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"device {text!r} asked for, but torch has no CUDA device here; use --device cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(
+            f"device {text!r} asked for, but torch has no MPS device here; use --device cpu"
+        )
+    if device.type == "meta":
+        raise argparse.ArgumentTypeError("--device meta holds no values; use cpu or cuda")
+    return text
 
 
 def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +99,9 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="metric definitions: the paper's code (default) or the authors' package",
     )
-    parser.add_argument("--device", default=None, help="compute device, e.g. cuda (default: cpu)")
+    parser.add_argument(
+        "--device", type=_device, default=None, help="compute device, e.g. cuda (default: cpu)"
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, directory: bool) -> None:
