@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -95,8 +96,10 @@ def analyze(
     filters = _resolve(model, kernel_size, example_inputs, depth)
     name = label or filters.source or "model"
     layers = list(filters)
-    weights = [layer.weight if device is None else layer.weight.to(device) for layer in layers]
-    metrics = measure(weights, eps=eps, definition=definition, normalize=normalize,
+    # ConvLayers, not bare weights: warnings and nan_policy="raise" errors name the layers.
+    inputs = [layer if device is None else replace(layer, weight=layer.weight.to(device))
+              for layer in layers]  # fmt: skip
+    metrics = measure(inputs, eps=eps, definition=definition, normalize=normalize,
                       nan_policy=nan_policy)  # fmt: skip
     columns = {
         key: getattr(metrics, key).cpu().tolist()  # one host transfer per column
