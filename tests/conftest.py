@@ -19,8 +19,11 @@ def model_fingerprint(model: nn.Module) -> tuple:
     digest = hashlib.sha256()
     for name, tensor in list(model.state_dict(keep_vars=True).items()):
         digest.update(name.encode())
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            digest.update(b"uninitialised")  # a lazy module's parameter: no values yet
+            continue
         data = tensor.detach()
-        if data.device.type != "meta" and not isinstance(data, nn.parameter.UninitializedParameter):
+        if data.device.type != "meta":
             if data.is_quantized:
                 data = data.dequantize()
             digest.update(data.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
