@@ -48,36 +48,72 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("specs", metavar="SPECS", help="text file with one model spec per line")
     parser.add_argument("--store", required=True, metavar="DIR", help="store folder")
     parser.add_argument("--executor", choices=("local", "slurm", "ray"), default="local")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="local worker processes (1: in this process; default: half the CPUs)")  # fmt: skip
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="only the first N specs (after --shard)")  # fmt: skip
-    parser.add_argument("--shard", default=None, metavar="i/n",
-                        help="only every n-th spec from position i (0-based)")  # fmt: skip
-    parser.add_argument("--raw-filters", action="store_true",
-                        help="also store every kernel with its layer metadata")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local worker processes (1: in this process; default: half the CPUs)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N specs (after --shard)",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/n",
+        help="only every n-th spec from position i (0-based)",
+    )
+    parser.add_argument(
+        "--raw-filters", action="store_true", help="also store every kernel with its layer metadata"
+    )
     parser.add_argument("--raw-dtype", choices=("float16", "float32"), default="float16")
-    parser.add_argument("--kernel-size", type=_kernel_size, default=(3, 3), metavar="KxK",
-                        help="kernel size to measure, or 'all' (default 3x3)")  # fmt: skip
+    parser.add_argument(
+        "--kernel-size",
+        type=_kernel_size,
+        default=(3, 3),
+        metavar="KxK",
+        help="kernel size to measure, or 'all' (default 3x3)",
+    )
     parser.add_argument("--eps", type=float, default=0.01, help="sparsity threshold")
     parser.add_argument("--definition", choices=("paper", "torchconvquality"), default="paper")
-    parser.add_argument("--fingerprint", choices=("stat", "sha256"), default="stat",
-                        help="how unchanged weights files are recognised")  # fmt: skip
+    parser.add_argument(
+        "--fingerprint",
+        choices=("stat", "sha256"),
+        default="stat",
+        help="how unchanged weights files are recognised",
+    )
     slurm = parser.add_argument_group("slurm (pip install 'filterstats[slurm]')")
     slurm.add_argument("--slurm-partition", default=None)
-    slurm.add_argument("--slurm-time", type=int, default=60, metavar="MIN",
-                       help="time limit per model, minutes")  # fmt: skip
+    slurm.add_argument(
+        "--slurm-time", type=int, default=60, metavar="MIN", help="time limit per model, minutes"
+    )
     slurm.add_argument("--slurm-mem", type=float, default=None, metavar="GB")
     slurm.add_argument("--slurm-cpus", type=int, default=1)
     slurm.add_argument("--slurm-gpus", type=int, default=0)
     slurm.add_argument("--slurm-array-parallelism", type=int, default=64, metavar="N")
-    slurm.add_argument("--slurm-folder", default=None, metavar="DIR",
-                       help="submitit logs (default: DIR/slurm-logs)")  # fmt: skip
-    slurm.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"), default=None,
-                       help="submitit cluster (default: Slurm if available)")  # fmt: skip
+    slurm.add_argument(
+        "--slurm-folder",
+        default=None,
+        metavar="DIR",
+        help="submitit logs (default: DIR/slurm-logs)",
+    )
+    slurm.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local", "debug"),
+        default=None,
+        help="submitit cluster (default: Slurm if available)",
+    )
     ray = parser.add_argument_group("ray (pip install 'filterstats[ray]')")
-    ray.add_argument("--ray-address", default=None,
-                     help="running cluster address; default: start a local instance")  # fmt: skip
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        help="running cluster address; default: start a local instance",
+    )
     ray.add_argument("--ray-num-cpus", type=int, default=2, help="CPUs of a local instance")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -124,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         specs = read_specs(args.specs)
     except OSError as error:
-        print(f"filterstats scan: error: cannot read SPECS {args.specs!r}: {error.strerror}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"filterstats scan: error: cannot read SPECS {args.specs!r}: {error.strerror}",
+            file=sys.stderr,
+        )
         return 2
     try:
         summary = scan(
