@@ -126,9 +126,9 @@ class SlurmExecutor(Executor):
 
     Needs ``pip install 'filterstats[slurm]'``. Each task runs one model and
     exits, so memory is returned between models. Tasks are requeued when Slurm
-    preempts them or their time runs out (submitit's checkpointing, up to
-    ``max_requeue`` times); a requeued model starts again from its checkpoint
-    file, and the store's atomic writes make the repeat harmless.
+    preempts them, or when their time runs out (up to ``max_requeue`` times), via
+    submitit's checkpointing; a requeued model is simply scanned again from its
+    checkpoint file, and the store's atomic writes make the repeat harmless.
 
     Args:
         folder: Where submitit keeps job scripts, pickles and logs.
@@ -141,7 +141,7 @@ class SlurmExecutor(Executor):
         cpus_per_task: CPUs per model.
         gpus_per_node: GPUs per model.
         array_parallelism: Most array tasks running at once.
-        max_requeue: Requeues after preemption or timeout.
+        max_requeue: Requeues after a timeout (preempted tasks are always requeued).
         poll_seconds: How often to check the jobs.
         **options: Any other ``submitit`` parameter, passed through
             (e.g. ``slurm_account="lab"``, ``slurm_qos="low"``,
@@ -170,12 +170,12 @@ class SlurmExecutor(Executor):
         self.folder = Path(folder)
         self.cluster = cluster
         self.poll_seconds = poll_seconds
+        self.max_requeue = max_requeue
         self.parameters: dict[str, Any] = {
             "timeout_min": time_min,
             "cpus_per_task": cpus_per_task,
             "gpus_per_node": gpus_per_node,
             "slurm_array_parallelism": array_parallelism,
-            "slurm_max_num_timeout": max_requeue,
             "name": "filterstats-scan",
         }
         if partition is not None:
@@ -194,7 +194,9 @@ class SlurmExecutor(Executor):
 
         if not items:
             return
-        executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        executor = submitit.AutoExecutor(
+            folder=self.folder, cluster=self.cluster, slurm_max_num_timeout=self.max_requeue
+        )
         executor.update_parameters(**self.parameters)
         jobs = executor.map_array(RequeueableTask(fn), list(items))
         logger.info("submitted %d array tasks (%s)", len(jobs), jobs[0].job_id.split("_")[0])
@@ -234,8 +236,9 @@ class RayExecutor(Executor):
         cpus_per_task: CPUs Ray reserves per model.
         gpus_per_task: GPUs Ray reserves per model.
         max_retries: Ray's retries of a task whose worker died.
-        runtime_env: Ray runtime environment for the workers; ``None``: make
-            this interpreter's import path (and so filterstats) visible to them.
+        runtime_env: Ray runtime environment for the workers (filterstats must be
+            importable there). ``None``: none for a cluster; for a local instance,
+            this interpreter's import path.
     """
 
     def __init__(
@@ -276,7 +279,7 @@ class RayExecutor(Executor):
                          runtime_env=self._runtime_env(), log_to_driver=False)  # fmt: skip
                 started = True
             else:
-                ray.init(address=self.address, runtime_env=self._runtime_env())
+                ray.init(address=self.address, runtime_env=self.runtime_env)
         try:
             remote = ray.remote(
                 num_cpus=self.cpus_per_task,

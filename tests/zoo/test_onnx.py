@@ -40,7 +40,11 @@ def torch_weight(module):
     if isinstance(module, nn.ConvTranspose2d):
         g = module.groups
         c_in, c_out_g, *k = weight.shape
-        weight = weight.reshape(g, c_in // g, c_out_g, *k).transpose(1, 2).reshape(g * c_out_g, c_in // g, *k)
+        weight = (
+            weight.reshape(g, c_in // g, c_out_g, *k)
+            .transpose(1, 2)
+            .reshape(g * c_out_g, c_in // g, *k)
+        )
     return weight
 
 
@@ -83,7 +87,9 @@ def test_kernel_size_selection_lists_skips(exported):
     _, path = exported
     filters = extract_onnx_filters(path)
     assert "pw" not in filters.names
-    assert [(s.name, s.reason) for s in filters.skipped] == [("pw", "kernel size (1, 1) is not (3, 3)")]
+    assert [(s.name, s.reason) for s in filters.skipped] == [
+        ("pw", "kernel size (1, 1) is not (3, 3)")
+    ]
     assert len(filters) + len(filters.skipped) == 6
     # conv_depth is ranked over every conv, selected or not
     assert filters["down"].conv_depth == 3
@@ -131,7 +137,9 @@ def test_constant_nodes_quantised_and_computed_weights(tmp_path):
         helper.make_node("Mul", ["w_deq", "two"], ["w_dyn_const"]),
         helper.make_node("Identity", ["w_const"], ["w_alias"]),
         helper.make_node("Conv", ["x", "w_alias"], ["c"], name="alias_conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Conv", ["b", "w_from_input"], ["d"], name="computed_conv", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["b", "w_from_input"], ["d"], name="computed_conv", pads=[1, 1, 1, 1]
+        ),
         helper.make_node("QuantizeLinear", ["d", "xs", "xz"], ["dq"]),
         helper.make_node(
             "QLinearConv",
@@ -173,11 +181,17 @@ def test_constant_nodes_quantised_and_computed_weights(tmp_path):
     path = _save(graph, tmp_path / "handmade.onnx")
     filters = extract_onnx_filters(path)
 
-    torch.testing.assert_close(filters["const_conv"].weight, torch.from_numpy(w_const), rtol=0, atol=0)
+    torch.testing.assert_close(
+        filters["const_conv"].weight, torch.from_numpy(w_const), rtol=0, atol=0
+    )
     expected = (q.astype(np.float64) - zero[:, None, None, None]) * scale[:, None, None, None]
-    torch.testing.assert_close(filters["dequant_conv"].weight, torch.from_numpy(expected.astype(np.float32)))
+    torch.testing.assert_close(
+        filters["dequant_conv"].weight, torch.from_numpy(expected.astype(np.float32))
+    )
     expected_q = (qw.astype(np.float64) - 128) * 0.05
-    torch.testing.assert_close(filters["qlinear_conv"].weight, torch.from_numpy(expected_q.astype(np.float32)))
+    torch.testing.assert_close(
+        filters["qlinear_conv"].weight, torch.from_numpy(expected_q.astype(np.float32))
+    )
     # the Identity-aliased weight is the same tensor as const_conv's: listed once
     assert "alias_conv" not in filters.names
     assert filters["const_conv"].weight.shape == (4, 3, 3, 3)

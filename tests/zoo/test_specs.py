@@ -10,7 +10,10 @@ from filterstats.zoo.specs import ModelSpec, extract_spec, load_model, parse_spe
     ("spec", "expected"),
     [
         ("timm:resnet18", ModelSpec("timm", "resnet18")),
-        ("timm:resnet18.a1_in1k@w/r18.safetensors", ModelSpec("timm", "resnet18.a1_in1k", "w/r18.safetensors")),
+        (
+            "timm:resnet18.a1_in1k@w/r18.safetensors",
+            ModelSpec("timm", "resnet18.a1_in1k", "w/r18.safetensors"),
+        ),
         ("timm:repvgg_a0@random", ModelSpec("timm", "repvgg_a0", "random")),
         (
             "robustbench:cifar10/Linf/Carmon2019Unlabeled",
@@ -83,5 +86,7 @@ def test_demo_spec_is_delegated():
     demo = pytest.importorskip("filterstats.demo")
     model = load_model("demo:robust@1")
     reference = demo.load_model("robust", 1)
-    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
         torch.testing.assert_close(a, b, msg=name)
