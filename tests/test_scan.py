@@ -123,9 +123,12 @@ def test_kill_mid_scan_then_resume_gives_the_uninterrupted_rows(tmp_path):
         """
     )
     process = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     try:
         while not list((store / "manifest").glob("*.json")):

@@ -80,10 +80,22 @@ def test_cli_runs_as_a_module(tmp_path):
     specs = write_checkpoints(tmp_path / "ckpts", 1)
     path = specs_file(tmp_path, specs)
     result = subprocess.run(
-        [sys.executable, "-m", "filterstats.scan.cli", "scan", str(path), "--store",
-         str(tmp_path / "store"), "--workers", "1"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "filterstats.scan.cli",
+            "scan",
+            str(path),
+            "--store",
+            str(tmp_path / "store"),
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert f"ok      {specs[0]}" in result.stderr

@@ -60,8 +60,9 @@ def test_slurm_executor_in_submitit_debug_mode_gives_the_same_store(local_store,
     pytest.importorskip("submitit")
     specs, local, expected = local_store
     options = {"folder": tmp_path / "logs", "cluster": "debug"}
-    summary = scan(specs, tmp_path / "store", executor="slurm", executor_options=options,
-                   progress=False)  # fmt: skip
+    summary = scan(
+        specs, tmp_path / "store", executor="slurm", executor_options=options, progress=False
+    )
     assert summary.failed.keys() == expected.failed.keys()
     assert_same_store(tmp_path / "store", local)
 
@@ -70,10 +71,10 @@ def test_slurm_executor_in_submitit_debug_mode_gives_the_same_store(local_store,
 def test_slurm_executor_in_submitit_local_mode_gives_the_same_store(local_store, tmp_path):
     pytest.importorskip("submitit")
     specs, local, expected = local_store
-    options = {"folder": tmp_path / "logs", "cluster": "local", "poll_seconds": 0.5,
-               "time_min": 5}  # fmt: skip
-    summary = scan(specs, tmp_path / "store", executor="slurm", executor_options=options,
-                   progress=False)  # fmt: skip
+    options = {"folder": tmp_path / "logs", "cluster": "local", "poll_seconds": 0.5, "time_min": 5}
+    summary = scan(
+        specs, tmp_path / "store", executor="slurm", executor_options=options, progress=False
+    )
     assert summary.failed.keys() == expected.failed.keys()
     assert set(summary.succeeded) == set(expected.succeeded)
     assert_same_store(tmp_path / "store", local)
@@ -84,8 +85,9 @@ def test_slurm_executor_in_submitit_local_mode_gives_the_same_store(local_store,
 def test_ray_executor_on_a_local_instance_gives_the_same_store(local_store, tmp_path):
     ray = pytest.importorskip("ray")
     specs, local, expected = local_store
-    summary = scan(specs, tmp_path / "store", executor="ray",
-                   executor_options={"num_cpus": 2}, progress=False)  # fmt: skip
+    summary = scan(
+        specs, tmp_path / "store", executor="ray", executor_options={"num_cpus": 2}, progress=False
+    )
     assert not ray.is_initialized()  # the instance it started is stopped again
     assert summary.failed.keys() == expected.failed.keys()
     assert_same_store(tmp_path / "store", local)

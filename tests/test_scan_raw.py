@@ -27,23 +27,38 @@ def expected_rows(model, label, dtype):
     return rows
 
 
-@pytest.mark.parametrize(("dtype", "torch_dtype"), [("float16", torch.float16),
-                                                    ("float32", torch.float32)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dtype", "torch_dtype"), [("float16", torch.float16), ("float32", torch.float32)]
+)
 def test_raw_filters_hold_every_kernel_with_its_layer(tmp_path, dtype, torch_dtype):
     specs = [f"net:{i}" for i in range(2)]
-    scan(specs, tmp_path / "store", workers=1, loader=module_loader, raw_filters=True,
-         raw_dtype=dtype, progress=False)  # fmt: skip
+    scan(
+        specs,
+        tmp_path / "store",
+        workers=1,
+        loader=module_loader,
+        raw_filters=True,
+        raw_dtype=dtype,
+        progress=False,
+    )
     frame = open_filters(tmp_path / "store")
     assert frame["w0"].dtype == np.dtype(dtype)
     columns = ["model", "layer", "conv_depth", "out_index", "in_index", *filter_columns((3, 3))]
-    got = [tuple(row) for row in frame[columns].astype({"model": str, "layer": str}).itertuples(
-        index=False)]  # fmt: skip
-    want = [row for i, spec in enumerate(specs)
-            for row in expected_rows(build_model(i), spec, torch_dtype)]  # fmt: skip
+    got = [
+        tuple(row)
+        for row in frame[columns].astype({"model": str, "layer": str}).itertuples(index=False)
+    ]
+    want = [
+        row
+        for i, spec in enumerate(specs)
+        for row in expected_rows(build_model(i), spec, torch_dtype)
+    ]
     assert len(got) == len(want)
     assert [g[:5] for g in got] == [w[:5] for w in want]
-    np.testing.assert_array_equal(np.array([g[5:] for g in got], dtype=np.float64),
-                                  np.array([w[5:] for w in want], dtype=np.float64))  # fmt: skip
+    np.testing.assert_array_equal(
+        np.array([g[5:] for g in got], dtype=np.float64),
+        np.array([w[5:] for w in want], dtype=np.float64),
+    )
     norms = frame.groupby("layer", sort=False)["conv_depth_norm"].first()
     layers = fs.extract_filters(build_model(0))
     assert norms.loc[layers[-1].name] == pytest.approx(layers[-1].conv_depth_norm)
@@ -78,8 +93,9 @@ def test_raw_filters_rerun_adds_them_to_a_store_without(tmp_path):
 
 def test_raw_filters_need_one_kernel_size(tmp_path):
     with pytest.raises(ValueError, match="one kernel size"):
-        scan(["net:0"], tmp_path / "store", loader=module_loader, raw_filters=True,
-             kernel_size=None)  # fmt: skip
+        scan(
+            ["net:0"], tmp_path / "store", loader=module_loader, raw_filters=True, kernel_size=None
+        )
     layers = fs.extract_filters(build_model(0), kernel_size=None)
     with pytest.raises(ValueError, match="one kernel size"):
         write_filters(io.BytesIO(), layers, model="m", kernel_size=(3, 3))

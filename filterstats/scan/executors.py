@@ -275,8 +275,12 @@ class RayExecutor(Executor):
         started = False
         if not ray.is_initialized():
             if self.address is None:
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False,
-                         runtime_env=self._runtime_env(), log_to_driver=False)  # fmt: skip
+                ray.init(
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    runtime_env=self._runtime_env(),
+                    log_to_driver=False,
+                )
                 started = True
             else:
                 ray.init(address=self.address, runtime_env=self.runtime_env)

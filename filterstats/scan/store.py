@@ -149,8 +149,11 @@ class Store:
             for folder in ("manifest", "layers", "filters"):
                 (self.path / folder).mkdir(parents=True, exist_ok=True)
             with _atomic(marker) as file:
-                file.write(json.dumps({"format": "filterstats-store",
-                                       "store_version": STORE_VERSION}).encode())  # fmt: skip
+                file.write(
+                    json.dumps(
+                        {"format": "filterstats-store", "store_version": STORE_VERSION}
+                    ).encode()
+                )
         version = int(json.loads(marker.read_text(encoding="utf-8")).get("store_version", 0))
         if version > STORE_VERSION:
             raise ValueError(
