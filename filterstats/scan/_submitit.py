@@ -10,7 +10,7 @@ from submitit.helpers import Checkpointable
 __all__ = ["RequeueableTask"]
 
 
-class RequeueableTask(Checkpointable):  # type: ignore[misc]
+class RequeueableTask(Checkpointable):  # type: ignore[misc,unused-ignore]
     """Runs ``fn(item)``; on preemption or timeout, submitit requeues the same call.
 
     Nothing needs saving: a model's store files are written atomically at its
