@@ -7,6 +7,7 @@ sparsity, diversity (variance entropy) and orthogonality of every convolution.
 
 from __future__ import annotations
 
+from filterstats import demo
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
 from filterstats.checkpoints import CheckpointError, load_state_dict
@@ -30,6 +31,7 @@ __all__ = [
     "SkippedLayer",
     "__version__",
     "analyze",
+    "demo",
     "diversity",
     "extract_filters",
     "load_model",

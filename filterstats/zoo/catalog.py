@@ -115,7 +115,7 @@ class PaperCatalog(Sequence[PaperPair]):
         return self.pairs[index]
 
     def where(self, **equal: Any) -> PaperCatalog:
-        """Keep the pairs whose fields equal the given values, e.g. ``where(dataset="cifar100")``."""
+        """Keep the pairs whose fields equal the given values, ``where(dataset="cifar100")``."""
         names = {field.name for field in fields(PaperPair)}
         unknown = set(equal) - names
         if unknown:

@@ -101,7 +101,8 @@ def extract_onnx_filters(
         if weight_name in first_user:
             owner = layers[first_user[weight_name]]
             layers[first_user[weight_name]] = _with_shared(owner, name)
-            skipped.append(SkippedLayer(name, node.op_type, f"shares its weight with {owner.name}"))
+            reason = f"shares its weight with {owner.name!r} (counted once there)"
+            skipped.append(SkippedLayer(name, node.op_type, reason))
             continue
         groups = _attribute(node, "group", 1)
         tensor = torch.from_numpy(np.array(weight, dtype=np.float32, copy=True))
@@ -137,8 +138,10 @@ def extract_onnx_filters(
 
 
 def _constants(graph: Any, onnx: Any) -> dict[str, np.ndarray]:
-    """Every tensor whose value is known without input: initializers, Constant nodes,
-    and Identity/DequantizeLinear nodes of known tensors."""
+    """Every tensor whose value is known without input.
+
+    Initializers, ``Constant`` nodes, and ``Identity``/``DequantizeLinear`` nodes of known tensors.
+    """
     helper = onnx.numpy_helper
     values = {init.name: helper.to_array(init) for init in graph.initializer}
     for node in graph.node:
@@ -166,7 +169,8 @@ def _dequantize(quantized: np.ndarray, scale: Any, zero_point: Any, axis: int) -
         shape[axis] = -1
         scale = scale.reshape(shape)
         zero = zero.reshape(shape) if zero.ndim == 1 else zero
-    return (quantized.astype(np.float32) - zero) * scale
+    result: np.ndarray = (quantized.astype(np.float32) - zero) * scale
+    return result
 
 
 def _conv_weight(node: Any, constants: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
@@ -208,7 +212,7 @@ def _transposed_to_out_in(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def _layer_name(node: Any, index: int) -> str:
-    weight = node.input[3] if node.op_type == "QLinearConv" else node.input[1]
+    weight = str(node.input[3] if node.op_type == "QLinearConv" else node.input[1])
     if weight.endswith(".weight"):
         return weight[: -len(".weight")]
     if node.name.startswith("/"):
@@ -218,7 +222,7 @@ def _layer_name(node: Any, index: int) -> str:
             path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
         if path:
             return path
-    return node.name or f"{node.op_type}_{index}"
+    return str(node.name) or f"{node.op_type}_{index}"
 
 
 def _attribute(node: Any, name: str, default: Any) -> Any:

@@ -164,7 +164,7 @@ def build_model(name: str, dataset: str = "cifar10", threat_model: str = "Linf")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            model = entry["model"]()
+            model: nn.Module = entry["model"]()
     except Exception as error:
         raise RuntimeError(
             f"RobustBench cannot build {name!r} ({dataset}, {threat_model}) offline on this "

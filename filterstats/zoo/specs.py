@@ -85,7 +85,8 @@ def parse_spec(spec: str) -> ModelSpec:
             parts = name.split("/")
             if len(parts) != 3 or not all(parts):
                 raise ValueError(
-                    f"RobustBench spec {spec!r} must be robustbench:DATASET/THREAT/NAME[@MODEL_DIR], "
+                    f"RobustBench spec {spec!r} must be "
+                    "robustbench:DATASET/THREAT/NAME[@MODEL_DIR], "
                     "e.g. robustbench:cifar10/Linf/Carmon2019Unlabeled@models."
                 )
             return ModelSpec("robustbench", parts[2], location, parts[0], parts[1])
@@ -114,7 +115,8 @@ def load_model(
     """Load what a model spec names, offline.
 
     Args:
-        spec: A spec string (see the module docs) or a parsed [`ModelSpec`][filterstats.zoo.specs.ModelSpec].
+        spec: A spec string (see the module docs) or a parsed
+            [`ModelSpec`][filterstats.zoo.specs.ModelSpec].
         trust_pickle: Allow checkpoints that need pickled code (can run code).
 
     Returns:
@@ -155,7 +157,8 @@ def load_model(
         )
     demo: Any = importlib.import_module("filterstats.demo")
     seed = int(parsed.location) if parsed.location else 0
-    return demo.load_model(parsed.name, seed)
+    model: nn.Module = demo.load_model(parsed.name, seed)
+    return model
 
 
 def extract_spec(
@@ -176,9 +179,9 @@ def extract_spec(
         from filterstats.zoo.onnx import extract_onnx_filters
 
         return extract_onnx_filters(parsed.name, kernel_size=kernel_size)
-    from filterstats import extract_filters  # type: ignore[attr-defined]
+    from filterstats.extract import extract_filters
 
     model = load_model(parsed, trust_pickle=trust_pickle)
+    assert not isinstance(model, FilterSet)  # only .onnx files give one, handled above
     size = None if kernel_size is None else tuple(kernel_size)
-    result: FilterSet = extract_filters(model, kernel_size=size)
-    return result
+    return extract_filters(model, kernel_size=size)

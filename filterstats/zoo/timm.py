@@ -68,7 +68,7 @@ def standardized_weight(conv: nn.Conv2d) -> Tensor:
             weight=affine,
             training=True,
             momentum=0.0,
-            eps=conv.eps,
+            eps=float(conv.eps),  # type: ignore[arg-type]
         ).reshape_as(weight)
 
 
@@ -135,6 +135,7 @@ def create_model(
     """
     timm = require("timm", extra="timm")
     register_effective_weights()
+    model: nn.Module
     if pretrained and checkpoint is None and allow_download:
         model = timm.create_model(name, pretrained=True, **kwargs)
     else:
