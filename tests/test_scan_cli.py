@@ -76,14 +76,14 @@ def test_cli_missing_specs_file(tmp_path, capsys):
     assert len(err) == 1 and "cannot read SPECS" in err[0]
 
 
-def test_cli_runs_as_a_module(tmp_path):
+def test_cli_runs_as_filterstats_scan(tmp_path):
     specs = write_checkpoints(tmp_path / "ckpts", 1)
     path = specs_file(tmp_path, specs)
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "filterstats.scan.cli",
+            "filterstats",
             "scan",
             str(path),
             "--store",

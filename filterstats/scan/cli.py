@@ -116,8 +116,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     ray.add_argument("--ray-num-cpus", type=int, default=2, help="CPUs of a local instance")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar, no per-model lines (the summary line stays)",
+    )
+    parser.set_defaults(func=run, run=run)
     return parser
+
+
+def _say(line: str) -> None:
+    """A line on stderr that does not garble a running progress bar."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        print(line, file=sys.stderr)
+    else:
+        tqdm.write(line, file=sys.stderr)
 
 
 def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,10 +168,12 @@ def run(args: argparse.Namespace) -> int:
     from filterstats.scan.runner import ModelOutcome, read_specs, scan
 
     def report(outcome: ModelOutcome) -> None:
+        if args.quiet:
+            return
         if outcome.status == "ok":
-            print(f"ok      {outcome.spec} ({outcome.seconds:.1f} s)", file=sys.stderr)
+            _say(f"ok      {outcome.spec} ({outcome.seconds:.1f} s)")
         else:
-            print(f"FAILED  {outcome.spec}: {outcome.error}", file=sys.stderr)
+            _say(f"FAILED  {outcome.spec}: {outcome.error}")
 
     try:
         specs = read_specs(args.specs)
@@ -181,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             fingerprint_method=args.fingerprint,
             executor_options=_executor_options(args),
             callback=report,
-            progress=not args.no_progress,
+            progress=not (args.no_progress or args.quiet),
         )
     except (ValueError, TypeError, OSError, ModuleNotFoundError) as error:
         print(f"filterstats scan: error: {error}", file=sys.stderr)

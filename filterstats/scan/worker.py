@@ -193,7 +193,7 @@ def run_task(task: ScanTask) -> TaskResult:
     except Exception as error:  # a bad model must not stop the scan: record it
         message = f"{type(error).__name__}: {error}"
         trace = "".join(traceback.format_exception(error)[-12:])
-        logger.info("failed %s: %s", task.spec, message)
+        logger.debug("failed %s: %s", task.spec, message)  # the scan reports it
         entry = failure_entry(task, message, trace, time.perf_counter() - start)
     finally:
         gc.collect()  # models can hold gigabytes; free them before the next one
