@@ -15,6 +15,7 @@ from filterstats.extract import extract_filters, register_effective_weight
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
+from filterstats.scanning import ScanSummary, open_filters, open_store, scan
 from filterstats.zoo.specs import load_model
 
 __version__ = "0.1.0.dev0"
@@ -28,6 +29,7 @@ __all__ = [
     "FilterStatsWarning",
     "LayerMetrics",
     "LayerRow",
+    "ScanSummary",
     "SkippedLayer",
     "__version__",
     "analyze",
@@ -37,8 +39,11 @@ __all__ = [
     "load_model",
     "load_state_dict",
     "measure",
+    "open_filters",
+    "open_store",
     "orthogonality",
     "read_report",
     "register_effective_weight",
+    "scan",
     "sparsity",
 ]
