@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
+from filterstats.compare import Comparison, compare
+from filterstats.depth_bins import DepthProfile, assign_depth_bins, depth_bin_labels, depth_profile
 from filterstats.extract import extract_filters, register_effective_weight
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
@@ -18,7 +20,9 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AnalysisParams",
+    "Comparison",
     "ConvLayer",
+    "DepthProfile",
     "FilterReport",
     "FilterSet",
     "FilterStatsWarning",
@@ -27,6 +31,10 @@ __all__ = [
     "SkippedLayer",
     "__version__",
     "analyze",
+    "assign_depth_bins",
+    "compare",
+    "depth_bin_labels",
+    "depth_profile",
     "diversity",
     "extract_filters",
     "measure",
