@@ -11,6 +11,12 @@ from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
 from filterstats.compare import Comparison, compare
 from filterstats.depth_bins import DepthProfile, assign_depth_bins, depth_bin_labels, depth_profile
+from filterstats.distribution import (
+    filter_divergence,
+    first_layer_response,
+    histogram_divergence,
+    pca_basis,
+)
 from filterstats.extract import extract_filters, register_effective_weight
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
@@ -37,8 +43,12 @@ __all__ = [
     "depth_profile",
     "diversity",
     "extract_filters",
+    "filter_divergence",
+    "first_layer_response",
+    "histogram_divergence",
     "measure",
     "orthogonality",
+    "pca_basis",
     "read_report",
     "register_effective_weight",
     "sparsity",
