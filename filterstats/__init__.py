@@ -18,6 +18,7 @@ from filterstats.distribution import (
     pca_basis,
 )
 from filterstats.extract import extract_filters, register_effective_weight
+from filterstats.html import report
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
@@ -51,5 +52,6 @@ __all__ = [
     "pca_basis",
     "read_report",
     "register_effective_weight",
+    "report",
     "sparsity",
 ]
