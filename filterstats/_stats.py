@@ -10,7 +10,13 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy
 from scipy import stats
+
+# scipy renamed the normal approximation from "approx" to "asymptotic" in 1.13.
+_ASYMPTOTIC = (
+    "asymptotic" if tuple(int(p) for p in scipy.__version__.split(".")[:2]) >= (1, 13) else "approx"
+)
 
 __all__ = ["PairedTest", "bootstrap_mean_ci", "mann_whitney", "paired_wilcoxon"]
 
@@ -34,7 +40,9 @@ class PairedTest:
 def paired_wilcoxon(differences: np.ndarray) -> PairedTest:
     """Two-sided Wilcoxon signed-rank test of differences against 0.
 
-    Zero differences are dropped (Wilcoxon's convention); non-finite ones too.
+    Zero differences are dropped (Wilcoxon's convention); non-finite ones too. The
+    p-value is exact for up to 50 differences without ties, else from the normal
+    approximation with tie correction.
 
     Args:
         differences: ``(n,)`` paired differences ``a - b``.
@@ -52,9 +60,15 @@ def paired_wilcoxon(differences: np.ndarray) -> PairedTest:
     ranks = stats.rankdata(np.abs(nonzero))
     plus = float(ranks[nonzero > 0].sum())
     minus = float(ranks[nonzero < 0].sum())
+    ties = np.unique(np.abs(nonzero)).size < nonzero.size
+    # Exact null distribution without ties (n <= 50); with ties, the normal approximation
+    # with tie correction (scipy's default would run a slow permutation test instead).
+    method = "exact" if not ties and nonzero.size <= 50 else _ASYMPTOTIC
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns on tiny samples; p is still exact
-        result = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
+        warnings.simplefilter("ignore")  # scipy warns on tiny samples
+        result = stats.wilcoxon(
+            nonzero, zero_method="wilcox", alternative="two-sided", method=method
+        )
     return PairedTest(
         float(result.statistic), float(result.pvalue), (plus - minus) / (plus + minus)
     )
