@@ -243,8 +243,14 @@ def _load_into(model: nn.Module, path: Path, *, trust_pickle: bool) -> None:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
+        # torch reports only the shape mismatches here: list the key differences too.
+        expected = model.state_dict()
+        missing = [key for key in expected if key not in state]
+        unexpected = [key for key in state if key not in expected]
         raise CheckpointError(
             f"{path} does not fit the architecture RobustBench builds: {error}"
+            + (f" Missing keys: {missing[:10]}." if missing else "")
+            + (f" Unexpected keys: {unexpected[:10]}." if unexpected else "")
         ) from error
     buffers = {name for name, _ in model.named_buffers()}
     fatal = [
