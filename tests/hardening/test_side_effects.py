@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,10 @@ def _half() -> nn.Module:
 
 def _channels_last_double() -> nn.Module:
     return small_net().double().to(memory_format=torch.channels_last)
+
+
+def _input(model: nn.Module) -> torch.Tensor:
+    return torch.zeros(1, 3, 8, 8, dtype=next(model.parameters()).dtype)
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -113,7 +116,7 @@ def test_scan_writes_only_into_its_store(tmp_path, monkeypatch):
     assert new and all(p.startswith(f"{tmp_path.name}/store") for p in new), new
     frame = fs.open_store(tmp_path / "store")
     assert set(frame["model"]) == set(specs)
-    assert sorted(os.listdir(work)) == []
+    assert list(work.iterdir()) == []
 
 
 def test_the_network_fixture_blocks_connections(no_network):
