@@ -59,14 +59,12 @@ ENTRY_POINTS: dict[str, Callable[[nn.Module, Path], Any]] = {
     "diversity": lambda m, out: fs.diversity(fs.extract_filters(m), definition="torchconvquality"),
     "orthogonality": lambda m, out: fs.orthogonality(fs.extract_filters(m)),
     "measure": lambda m, out: fs.measure(fs.extract_filters(m)),
-    "analyze": lambda m, out: fs.analyze(
-        m, depth="forward", example_inputs=torch.zeros(1, 3, 8, 8, dtype=next(m.parameters()).dtype)
-    ),  # fmt: skip
+    "analyze": lambda m, out: fs.analyze(m, depth="forward", example_inputs=_input(m)),
     "analyze-to-csv": lambda m, out: fs.analyze(m).to_csv(out / "layers.csv"),
     "compare": lambda m, out: fs.compare(m, small_net(seed=1), n_boot=20).summary(),
     "report": lambda m, out: fs.report(
         fs.compare(m, small_net(1), n_boot=20), out / "r.html", figures=False
-    ),  # fmt: skip
+    ),
 }
 
 
