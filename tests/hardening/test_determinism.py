@@ -89,4 +89,7 @@ def test_results_do_not_depend_on_how_layers_are_grouped():
     for i, weight in enumerate(weights):
         alone = fs.measure(weight)
         for key in ("sparsity", "diversity", "orthogonality"):
-            assert getattr(together, key)[i].item() == getattr(alone, key)[0].item()
+            # Batched eigen-solves may differ from single ones in the last bit.
+            assert getattr(together, key)[i].item() == pytest.approx(
+                getattr(alone, key)[0].item(), rel=0, abs=1e-12
+            )
