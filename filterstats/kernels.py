@@ -37,7 +37,14 @@ EIGENVALUE_FLOOR = 1e-10
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Floating dtype to compute in: float64 stays, everything else becomes float32."""
+    """Floating dtype to compute in: float64 stays, everything else becomes float32.
+
+    Args:
+        dtype: The weights' dtype.
+
+    Returns:
+        ``torch.float64`` for float64 input, else ``torch.float32``.
+    """
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -204,6 +211,13 @@ def offdiag_abs_gram_sum(
 
 
 def pair_count(n: Tensor) -> Tensor:
-    """``n (n - 1)``, the number of ordered pairs, in float64."""
+    """``n (n - 1)``, the number of ordered pairs of ``n`` filters.
+
+    Args:
+        n: Filter counts, any shape.
+
+    Returns:
+        ``n (n - 1)`` in float64, same shape.
+    """
     n = n.to(torch.float64)
     return n * (n - 1.0)
