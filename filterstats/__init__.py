@@ -7,6 +7,7 @@ sparsity, diversity (variance entropy) and orthogonality of every convolution.
 
 from __future__ import annotations
 
+from filterstats import demo
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
 from filterstats.extract import extract_filters, register_effective_weight
@@ -27,6 +28,7 @@ __all__ = [
     "SkippedLayer",
     "__version__",
     "analyze",
+    "demo",
     "diversity",
     "extract_filters",
     "measure",
