@@ -10,15 +10,18 @@ from __future__ import annotations
 from filterstats import demo
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
+from filterstats.checkpoints import CheckpointError, load_state_dict
 from filterstats.extract import extract_filters, register_effective_weight
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
+from filterstats.zoo.specs import load_model
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AnalysisParams",
+    "CheckpointError",
     "ConvLayer",
     "FilterReport",
     "FilterSet",
@@ -31,6 +34,8 @@ __all__ = [
     "demo",
     "diversity",
     "extract_filters",
+    "load_model",
+    "load_state_dict",
     "measure",
     "orthogonality",
     "read_report",
