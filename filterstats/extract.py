@@ -10,6 +10,8 @@ weights are detached views of the parameters where possible. Parametrisations
 from __future__ import annotations
 
 import contextlib
+import importlib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -78,6 +80,10 @@ def register_effective_weight(
 
 
 def _registered_getter(module: nn.Module) -> WeightGetter | None:
+    if type(module).__module__.startswith("timm.") and "filterstats.zoo.timm" not in sys.modules:
+        # timm is already imported (the module is one of its classes): register the
+        # getters of its weight-standardised convolutions.
+        importlib.import_module("filterstats.zoo.timm")
     for cls in type(module).__mro__:
         if cls in _EFFECTIVE_WEIGHT:
             return _EFFECTIVE_WEIGHT[cls]
@@ -298,6 +304,12 @@ def _from_module(
     for index, item in enumerate(found):
         if isinstance(item, SkippedLayer):
             skipped.append(item)
+            continue
+        if method in ("fx", "forward") and item.name not in depths:
+            # As the paper's exported graphs: a conv that forward never calls (e.g. an
+            # unused branch) is not part of the network.
+            reason = f"never called in forward (not in the graph traced by {method})"
+            skipped.append(SkippedLayer(item.name, item.module_type, reason))
             continue
         rank = ranks.get(item.name)
         layers.append(

@@ -248,7 +248,9 @@ def test_untraceable_model_uses_forward_pass_or_registration():
         traced = fs.extract_filters(net, kernel_size=None, example_inputs=torch.ones(1, 3, 5, 5))
     assert traced.depth_method == "forward"
     assert traced["a"].conv_depth == 0 and traced["b"].conv_depth == 1
-    assert traced["c"].conv_depth is None  # never called in forward
+    assert "never called in forward" in traced.skipped[0].reason  # c is unused
+    assert traced.skipped[0].name == "c"
+    assert len(traced) + len(traced.skipped) == 3
 
 
 def test_torchscript_model():

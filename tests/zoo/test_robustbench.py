@@ -224,8 +224,9 @@ def test_pickled_code_is_refused(tmp_path):
 def _used_3x3_filters(model):
     filters = fs.extract_filters(model)
     # The paper counted the convolutions of the exported graph; RobustBench's WideResNet
-    # builds a `sub_block1` that forward never calls (no depth in the traced graph).
-    return sum(layer.n_filters for layer in filters if layer.depth is not None)
+    # builds a `sub_block1` that forward never calls: extraction lists it as skipped.
+    assert all(layer.depth is not None for layer in filters)
+    return sum(layer.n_filters for layer in filters)
 
 
 def test_paper_filter_counts_match_extraction():
