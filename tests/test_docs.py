@@ -281,3 +281,15 @@ def test_cli_reference_lists_every_command_and_option() -> None:
         elif f"`{option}" not in sections.get(command, ""):
             missing.append(f"{option} under `filterstats {command}`")
     assert not missing, f"docs/cli.md lacks {missing}"
+
+
+def test_docs_command_installs_the_docs_extra() -> None:
+    """The documented build command installs exactly the ``docs`` extra's requirements."""
+    text = (DOCS / "index.md").read_text(encoding="utf-8")
+    command = text.split("<!-- docs-command -->", 1)[1].split("```bash\n", 1)[1].split("\n")[0]
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    extra = re.search(r"^docs = \[(.*?)\]$", pyproject, flags=re.MULTILINE)
+    assert extra is not None, "pyproject.toml has no docs extra"
+    wanted = set(re.findall(r'"([^"]+)"', extra.group(1)))
+    assert set(re.findall(r"'([^']+)'", command)) == wanted
+    assert "mkdocs build --strict" in command
