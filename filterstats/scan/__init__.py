@@ -1,0 +1,38 @@
+"""Scan many models into a resumable filter store, locally or on Slurm or Ray.
+
+```python
+import filterstats as fs
+
+summary = fs.scan(["ckpts/a.pt", "ckpts/b.pt"], "results/")  # local processes
+summary = fs.scan(specs, "/shared/results", executor="slurm",
+                  executor_options={"partition": "gpu", "time_min": 30})
+frame = fs.open_store("results/")  # one row per conv layer of every model
+```
+
+Modules: ``runner`` (``scan``), ``store`` (the folder layout and its crash
+guarantees), ``keys`` (when a stored model is still valid), ``worker`` (one
+model), ``executors`` (local, Slurm, Ray), ``raw`` (raw-kernel files), ``cli``.
+"""
+
+from __future__ import annotations
+
+from filterstats.scan.executors import Executor, LocalExecutor, Lost, RayExecutor, SlurmExecutor
+from filterstats.scan.runner import ModelOutcome, ScanSummary, read_specs, scan, select_specs
+from filterstats.scan.store import Store, StoreEntry, open_filters, open_store
+
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "Lost",
+    "ModelOutcome",
+    "RayExecutor",
+    "ScanSummary",
+    "SlurmExecutor",
+    "Store",
+    "StoreEntry",
+    "open_filters",
+    "open_store",
+    "read_specs",
+    "scan",
+    "select_specs",
+]

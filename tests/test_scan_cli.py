@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+from filterstats.scan import Store, open_store
+from filterstats.scan.cli import main
+from tests.scan_helpers import direct_frame, write_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def specs_file(tmp_path, specs):
+    path = tmp_path / "specs.txt"
+    path.write_text("# checkpoints\n" + "\n".join(specs) + "\n")
+    return path
+
+
+def test_cli_scan_exit_codes_and_store(tmp_path, capsys):
+    good = write_checkpoints(tmp_path / "ckpts", 2)
+    missing = str(tmp_path / "ckpts" / "gone.pt")
+    path = specs_file(tmp_path, [good[0], missing, good[1]])
+    store = tmp_path / "store"
+    code = main(["scan", str(path), "--store", str(store), "--workers", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    assert f"FAILED  {missing}: CheckpointError" in captured.err
+    assert "2 scanned, 0 already in the store, 1 failed" in captured.err
+    assert open_store(store).equals(direct_frame(good))
+    path.write_text("\n".join(good) + "\n")
+    code = main(["scan", str(path), "--store", str(store), "--workers", "1", "--no-progress"])
+    assert code == 0
+    assert "0 scanned, 2 already in the store, 0 failed" in capsys.readouterr().err
+
+
+def test_cli_shard_limit_and_options(tmp_path):
+    specs = write_checkpoints(tmp_path / "ckpts", 5)
+    path = specs_file(tmp_path, specs)
+    store = tmp_path / "store"
+    args = ["scan", str(path), "--store", str(store), "--workers", "1", "--no-progress"]
+    assert main([*args, "--shard", "0/2", "--limit", "2", "--eps", "0.1", "--raw-filters"]) == 0
+    entries = Store(store).entries()
+    assert [e.spec for e in entries] == [specs[0], specs[2]]
+    assert entries[0].key_fields["eps"] == 0.1 and entries[0].raw_dtype == "float16"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--shard", "2/2"], "shard"),
+        (["--executor", "nope"], "invalid choice"),
+        (["--kernel-size", "3y3"], "kernel size"),
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path, capsys, extra, message):
+    path = specs_file(tmp_path, ["a.pt"])
+    try:
+        code = main(["scan", str(path), "--store", str(tmp_path / "s"), *extra])
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_missing_specs_file(tmp_path, capsys):
+    code = main(["scan", str(tmp_path / "none.txt"), "--store", str(tmp_path / "s")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read SPECS" in err[0]
+
+
+def test_cli_runs_as_filterstats_scan(tmp_path):
+    specs = write_checkpoints(tmp_path / "ckpts", 1)
+    path = specs_file(tmp_path, specs)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "filterstats",
+            "scan",
+            str(path),
+            "--store",
+            str(tmp_path / "store"),
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert f"ok      {specs[0]}" in result.stderr

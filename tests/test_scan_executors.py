@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+from filterstats.scan import Executor, Lost, open_store, scan  # noqa: E402
+from filterstats.scan.executors import LocalExecutor, make_executor  # noqa: E402
+from tests.scan_helpers import write_checkpoints  # noqa: E402
+
+
+def assert_same_store(left, right):
+    pd.testing.assert_frame_equal(open_store(left), open_store(right), check_exact=True)
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory):
+    """Checkpoints (one of them corrupt) and their store from the in-process executor."""
+    folder = tmp_path_factory.mktemp("executors")
+    specs = write_checkpoints(folder / "ckpts", 3)
+    corrupt = folder / "ckpts" / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x02 not a pickle")
+    specs.insert(1, str(corrupt))
+    summary = scan(specs, folder / "local", workers=1, progress=False)
+    assert list(summary.failed) == [str(corrupt)]
+    return specs, folder / "local", summary
+
+
+class ListExecutor(Executor):
+    """A minimal engine: runs tasks in reverse order, loses one of them."""
+
+    def map(self, fn, items):
+        for index, item in enumerate(reversed(items)):
+            yield Lost(item, "node went away") if index == 0 else fn(item)
+
+
+def test_a_custom_executor_plugs_in_and_lost_tasks_are_failures(local_store, tmp_path):
+    specs, local, _ = local_store
+    summary = scan(specs, tmp_path / "store", executor=ListExecutor(), progress=False)
+    assert [o.spec for o in summary.outcomes] == specs
+    assert list(summary.failed) == [specs[1], specs[-1]]
+    assert "node went away" in summary.failed[specs[-1]]
+    rerun = scan(specs, tmp_path / "store", workers=1, progress=False)
+    assert set(rerun.succeeded) == {specs[-1]}
+    assert_same_store(tmp_path / "store", local)
+
+
+def test_make_executor_names_and_errors():
+    assert isinstance(make_executor("local", workers=3), LocalExecutor)
+    assert make_executor("local", workers=3).workers == 3
+    with pytest.raises(ValueError, match="workers"):
+        LocalExecutor(0)
+    with pytest.raises(ValueError, match="executor_options"):
+        make_executor(LocalExecutor(1), workers=None, max_tasks_per_child=1)
+
+
+@pytest.mark.slow
+def test_slurm_executor_in_submitit_debug_mode_gives_the_same_store(local_store, tmp_path):
+    pytest.importorskip("submitit")
+    specs, local, expected = local_store
+    options = {"folder": tmp_path / "logs", "cluster": "debug"}
+    summary = scan(
+        specs, tmp_path / "store", executor="slurm", executor_options=options, progress=False
+    )
+    assert summary.failed.keys() == expected.failed.keys()
+    assert_same_store(tmp_path / "store", local)
+
+
+@pytest.mark.slow
+def test_slurm_executor_in_submitit_local_mode_gives_the_same_store(local_store, tmp_path):
+    pytest.importorskip("submitit")
+    specs, local, expected = local_store
+    options = {"folder": tmp_path / "logs", "cluster": "local", "poll_seconds": 0.5, "time_min": 5}
+    summary = scan(
+        specs, tmp_path / "store", executor="slurm", executor_options=options, progress=False
+    )
+    assert summary.failed.keys() == expected.failed.keys()
+    assert set(summary.succeeded) == set(expected.succeeded)
+    assert_same_store(tmp_path / "store", local)
+    assert list((tmp_path / "logs").glob("*_submitted.pkl"))  # it went through submitit
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_local_instance_gives_the_same_store(local_store, tmp_path):
+    ray = pytest.importorskip("ray")
+    specs, local, expected = local_store
+    summary = scan(
+        specs, tmp_path / "store", executor="ray", executor_options={"num_cpus": 2}, progress=False
+    )
+    assert not ray.is_initialized()  # the instance it started is stopped again
+    assert summary.failed.keys() == expected.failed.keys()
+    assert_same_store(tmp_path / "store", local)
