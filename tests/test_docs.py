@@ -84,6 +84,16 @@ def own_public_methods(cls: type) -> list[tuple[str, object]]:
     return members
 
 
+def refers_to_documented_base(cls: type, name: str, method: object) -> bool:
+    """An override whose docstring says "See ..." and whose base method is documented."""
+    if not (inspect.getdoc(method) or "").startswith("See "):
+        return False
+    for base in cls.__mro__[1:]:
+        if name in vars(base):
+            return not docstring_problems(f"{base.__qualname__}.{name}", vars(base)[name])
+    return False
+
+
 def takes_arguments(function: object) -> bool:
     parameters = list(inspect.signature(function).parameters.values())  # type: ignore[arg-type]
     if parameters and parameters[0].name in ("self", "cls"):
@@ -116,6 +126,8 @@ def docstring_problems(name: str, obj: object) -> list[str]:
             if not section(doc, "Attributes"):
                 problems.append(f"{name}: dataclass without an Attributes section")
         for method_name, method in own_public_methods(obj):
+            if refers_to_documented_base(obj, method_name.rsplit(".", 1)[1], method):
+                continue
             problems += docstring_problems(f"{obj.__module__}.{method_name}", method)
         return problems
     if takes_arguments(obj) and not section(doc, "Args"):
