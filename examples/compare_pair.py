@@ -42,7 +42,9 @@ def main(out: Path) -> None:
     figure = comparison.plot()
     figure.savefig(out / "metrics_by_depth.png", dpi=120, bbox_inches="tight")
     page = fs.report(comparison, out / "report.html")
-    print(f"\nwrote {out}: layers.csv, summary.csv, by_depth.csv, metrics_by_depth.png, {page.name}")
+    print(
+        f"\nwrote {out}: layers.csv, summary.csv, by_depth.csv, metrics_by_depth.png, {page.name}"
+    )
 
 
 if __name__ == "__main__":
