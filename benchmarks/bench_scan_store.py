@@ -15,7 +15,7 @@ import time
 import torch
 
 from filterstats.layers import ConvLayer
-from filterstats.scan.raw import write_filters
+from filterstats.scanning.raw import write_filters
 
 N_KERNELS = 1 << 20  # 1,048,576 kernels: 16 layers of 256 x 256
 

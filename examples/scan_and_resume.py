@@ -5,7 +5,7 @@ takes about half a minute on a laptop CPU).
 
 1. Writes 12 small checkpoints: 6 "dense" CNNs and 6 "pruned" ones whose
    deeper layers have more zeroed kernels.
-2. Starts ``filterstats.scan`` in a separate process and kills it (SIGKILL)
+2. Starts ``filterstats.scanning`` in a separate process and kills it (SIGKILL)
    as soon as the first model is in the store.
 3. Scans again: complete models are skipped, the rest are scanned.
 4. From the store alone (no model is loaded again), prints the mean sparsity,
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from filterstats.checkpoints import load_state_dict
-from filterstats.scan import open_filters, open_store, read_specs, scan
+from filterstats.scanning import open_filters, open_store, read_specs, scan
 
 FAMILIES = ("dense", "pruned")
 SEEDS = range(6)
@@ -74,7 +74,7 @@ def scan_killed_midway(specs_file: Path, store: Path) -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[3]);"
         "from scan_and_resume import slow_loader;"
-        "from filterstats.scan import read_specs, scan;"
+        "from filterstats.scanning import read_specs, scan;"
         "scan(read_specs(sys.argv[1]), sys.argv[2], workers=1, loader=slow_loader,"
         " raw_filters=True, progress=False)"
     )

@@ -11,10 +11,20 @@ from filterstats import demo
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
 from filterstats.checkpoints import CheckpointError, load_state_dict
+from filterstats.compare import Comparison, compare
+from filterstats.depth_bins import DepthProfile, assign_depth_bins, depth_bin_labels, depth_profile
+from filterstats.distribution import (
+    filter_divergence,
+    first_layer_response,
+    histogram_divergence,
+    pca_basis,
+)
 from filterstats.extract import extract_filters, register_effective_weight
+from filterstats.html import report
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
+from filterstats.scanning import ScanSummary, open_filters, open_store, scan
 from filterstats.zoo.specs import load_model
 
 __version__ = "0.1.0.dev0"
@@ -22,23 +32,38 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AnalysisParams",
     "CheckpointError",
+    "Comparison",
     "ConvLayer",
+    "DepthProfile",
     "FilterReport",
     "FilterSet",
     "FilterStatsWarning",
     "LayerMetrics",
     "LayerRow",
+    "ScanSummary",
     "SkippedLayer",
     "__version__",
     "analyze",
+    "assign_depth_bins",
+    "compare",
     "demo",
+    "depth_bin_labels",
+    "depth_profile",
     "diversity",
     "extract_filters",
+    "filter_divergence",
+    "first_layer_response",
+    "histogram_divergence",
     "load_model",
     "load_state_dict",
     "measure",
+    "open_filters",
+    "open_store",
     "orthogonality",
+    "pca_basis",
     "read_report",
     "register_effective_weight",
+    "report",
+    "scan",
     "sparsity",
 ]

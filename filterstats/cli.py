@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_paper.set_defaults(run=_run_zoo_paper)
 
     try:
-        from filterstats.scan import cli as scan_cli
+        from filterstats.scanning import cli as scan_cli
     except ImportError:  # the scan package is optional at build time
         scan_cli = None
     if scan_cli is not None:

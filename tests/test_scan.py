@@ -16,8 +16,8 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
 import filterstats as fs  # noqa: E402
-from filterstats.scan import Store, open_store, read_specs, scan, select_specs  # noqa: E402
-from filterstats.scan.store import entry_id  # noqa: E402
+from filterstats.scanning import Store, open_store, read_specs, scan, select_specs  # noqa: E402
+from filterstats.scanning.store import entry_id  # noqa: E402
 from tests.scan_helpers import (  # noqa: E402
     build_model,
     direct_frame,
@@ -117,7 +117,7 @@ def test_kill_mid_scan_then_resume_gives_the_uninterrupted_rows(tmp_path):
     store = tmp_path / "store"
     script = textwrap.dedent(
         f"""
-        from filterstats.scan import scan
+        from filterstats.scanning import scan
         from tests.scan_helpers import slow_loader
         scan({specs!r}, {str(store)!r}, workers=1, loader=slow_loader, progress=False)
         """

@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
-from filterstats.scan import Store, open_store
-from filterstats.scan.cli import main
+from filterstats.scanning import Store, open_store
+from filterstats.scanning.cli import main
 from tests.scan_helpers import direct_frame, write_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
-from filterstats.scan import Executor, Lost, open_store, scan  # noqa: E402
-from filterstats.scan.executors import LocalExecutor, make_executor  # noqa: E402
+from filterstats.scanning import Executor, Lost, open_store, scan  # noqa: E402
+from filterstats.scanning.executors import LocalExecutor, make_executor  # noqa: E402
 from tests.scan_helpers import write_checkpoints  # noqa: E402
 
 

@@ -10,8 +10,8 @@ pd = pytest.importorskip("pandas")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import filterstats as fs  # noqa: E402
-from filterstats.scan import open_filters, scan  # noqa: E402
-from filterstats.scan.raw import filter_columns, write_filters  # noqa: E402
+from filterstats.scanning import open_filters, scan  # noqa: E402
+from filterstats.scanning.raw import filter_columns, write_filters  # noqa: E402
 from tests.scan_helpers import build_model, module_loader, write_checkpoints  # noqa: E402
 
 

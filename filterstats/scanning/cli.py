@@ -1,4 +1,4 @@
-"""``filterstats scan SPECS.txt --store DIR``: the command line of ``filterstats.scan``.
+"""``filterstats scan SPECS.txt --store DIR``: the command line of ``filterstats.scanning``.
 
 ``add_parser(subparsers)`` adds the ``scan`` sub-command to the main parser and
 ``run(args)`` executes it. Exit codes: 0 when every selected model is in the
@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         subparsers: What ``ArgumentParser.add_subparsers()`` returned.
 
     Returns:
-        The ``scan`` parser (its ``func`` default is [`run`][filterstats.scan.cli.run]).
+        The ``scan`` parser (its ``func`` default is [`run`][filterstats.scanning.cli.run]).
     """
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "scan",
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         0 when every selected model is in the store, 1 when any failed, 2 for a
         usage error.
     """
-    from filterstats.scan.runner import ModelOutcome, read_specs, scan
+    from filterstats.scanning.runner import ModelOutcome, read_specs, scan
 
     def report(outcome: ModelOutcome) -> None:
         if args.quiet:
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``scan`` as a stand-alone command (``python -m filterstats.scan.cli``).
+    """Run ``scan`` as a stand-alone command (``python -m filterstats.scanning.cli``).
 
     Args:
         argv: Arguments after the program name; ``None``: ``sys.argv[1:]``.

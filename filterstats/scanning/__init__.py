@@ -16,9 +16,9 @@ model), ``executors`` (local, Slurm, Ray), ``raw`` (raw-kernel files), ``cli``.
 
 from __future__ import annotations
 
-from filterstats.scan.executors import Executor, LocalExecutor, Lost, RayExecutor, SlurmExecutor
-from filterstats.scan.runner import ModelOutcome, ScanSummary, read_specs, scan, select_specs
-from filterstats.scan.store import Store, StoreEntry, open_filters, open_store
+from filterstats.scanning.executors import Executor, LocalExecutor, Lost, RayExecutor, SlurmExecutor
+from filterstats.scanning.runner import ModelOutcome, ScanSummary, read_specs, scan, select_specs
+from filterstats.scanning.store import Store, StoreEntry, open_filters, open_store
 
 __all__ = [
     "Executor",

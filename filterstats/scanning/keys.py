@@ -94,7 +94,7 @@ def model_key(spec: str, weights: str, settings: dict[str, Any]) -> tuple[str, d
 
     Args:
         spec: The model spec.
-        weights: Its [`fingerprint`][filterstats.scan.keys.fingerprint].
+        weights: Its [`fingerprint`][filterstats.scanning.keys.fingerprint].
         settings: Analysis settings and versions (JSON-serialisable).
 
     Returns:

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from filterstats._progress import progress_bar
-from filterstats.scan.executors import Executor, Lost, make_executor
-from filterstats.scan.keys import FINGERPRINTS, fingerprint, model_key
-from filterstats.scan.raw import RAW_DTYPES
-from filterstats.scan.store import STORE_VERSION, Store
-from filterstats.scan.worker import ScanTask, TaskResult, failure_entry, run_task
+from filterstats.scanning.executors import Executor, Lost, make_executor
+from filterstats.scanning.keys import FINGERPRINTS, fingerprint, model_key
+from filterstats.scanning.raw import RAW_DTYPES
+from filterstats.scanning.store import STORE_VERSION, Store
+from filterstats.scanning.worker import ScanTask, TaskResult, failure_entry, run_task
 
 __all__ = ["ModelOutcome", "ScanSummary", "parse_shard", "read_specs", "scan", "select_specs"]
 
@@ -195,28 +195,28 @@ def scan(
     [`analyze`][filterstats.analyze] and written to ``store`` as its own Parquet
     file, one model at a time per worker, memory freed in between. A re-run
     skips the models stored complete under the same key (spec, weights
-    fingerprint, settings, version; see ``filterstats.scan.keys``) and retries
+    fingerprint, settings, version; see ``filterstats.scanning.keys``) and retries
     failed ones. A failing model (missing or corrupt checkpoint, unsupported
     layers) is recorded with its error and the scan goes on. Kill it at any
     moment: the store holds whole models only, and the next run continues.
 
-    Read the result with [`open_store`][filterstats.scan.open_store].
+    Read the result with [`open_store`][filterstats.scanning.open_store].
 
     Args:
         specs: Model specs (see ``filterstats.zoo.specs``), e.g.
             ``["ckpts/a.pt", "timm:resnet18", "robustbench:cifar10/Linf/NAME@models"]``.
             Each spec is also the ``model`` label of its rows. Read a file with
-            [`read_specs`][filterstats.scan.read_specs].
+            [`read_specs`][filterstats.scanning.read_specs].
         store: Store folder, created if missing.
         executor: ``"local"`` (processes on this machine), ``"slurm"`` (a job
             array via submitit), ``"ray"``, or an
-            [`Executor`][filterstats.scan.Executor].
+            [`Executor`][filterstats.scanning.Executor].
         workers: Local worker processes; ``1``: this process; ``None``: half
             the CPUs. Ignored by other executors.
         limit: Only the first ``limit`` selected specs.
         shard: ``"i/n"``: only every ``n``-th spec from position ``i`` (0-based).
         raw_filters: Also store every kernel with its layer metadata (see
-            ``filterstats.scan.raw``; about 17 MB per million 3x3 kernels in float16,
+            ``filterstats.scanning.raw``; about 17 MB per million 3x3 kernels in float16,
             38 MB in float32).
         raw_dtype: ``"float16"`` or ``"float32"`` for the raw kernels.
         loader: ``loader(spec)`` returns a module, a state dict or a FilterSet;
@@ -239,7 +239,7 @@ def scan(
         progress: Show a progress bar on stderr (tqdm, if installed).
 
     Returns:
-        A [`ScanSummary`][filterstats.scan.ScanSummary]; ``.ok`` is ``True``
+        A [`ScanSummary`][filterstats.scanning.ScanSummary]; ``.ok`` is ``True``
         when every selected model is in the store.
 
     Raises:
@@ -255,7 +255,7 @@ def scan(
         raise TypeError(
             f"`specs` must be a list of model specs, got the single {type(specs).__name__} "
             f"{str(specs)!r}; wrap it in a list, or read a specs file with "
-            "filterstats.scan.read_specs(path)."
+            "filterstats.scanning.read_specs(path)."
         )
     if raw_filters:
         if raw_dtype not in RAW_DTYPES:

@@ -1,6 +1,6 @@
 """One model, start to finish: load, extract, measure, write, commit, free.
 
-[`run_task`][filterstats.scan.worker.run_task] is what every executor runs, in
+[`run_task`][filterstats.scanning.worker.run_task] is what every executor runs, in
 whatever process or machine the engine picks. It never raises for a bad model:
 the error goes into the store's manifest and the result, and the scan goes on.
 """
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filterstats.scan.store import Store, StoreEntry
+from filterstats.scanning.store import Store, StoreEntry
 
 __all__ = ["ScanTask", "TaskResult", "run_task"]
 
@@ -102,7 +102,7 @@ def _measure(task: ScanTask, store: Store) -> StoreEntry:
     from filterstats.analysis import analyze
     from filterstats.extract import extract_filters
     from filterstats.layers import FilterSet
-    from filterstats.scan.raw import write_filters
+    from filterstats.scanning.raw import write_filters
 
     start = time.perf_counter()
     loader = task.loader or _default_loader

@@ -7,7 +7,7 @@ The interface is one method, so another engine takes a few lines::
             for item in items:          # schedule fn(item) somewhere
                 yield fn(item)          # or Lost(item, "why") if the engine lost it
 
-Executors only schedule. ``fn`` (``filterstats.scan.worker.run_task``) writes
+Executors only schedule. ``fn`` (``filterstats.scanning.worker.run_task``) writes
 to the store itself, with the same guarantees wherever it runs, and never
 raises for a bad model. An executor yields ``Lost`` for a task the engine
 itself lost (a killed worker process, a cancelled job); the scan records it as
@@ -73,7 +73,7 @@ class Executor(ABC):
             items: Picklable arguments, one per task.
 
         Yields:
-            ``fn(item)``, in any order, or a [`Lost`][filterstats.scan.executors.Lost]
+            ``fn(item)``, in any order, or a [`Lost`][filterstats.scanning.executors.Lost]
             for a task the engine lost.
         """
 
@@ -98,7 +98,7 @@ class LocalExecutor(Executor):
         return f"LocalExecutor(workers={self.workers})"
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R | Lost]:
-        """See [`Executor.map`][filterstats.scan.executors.Executor.map]."""
+        """See [`Executor.map`][filterstats.scanning.executors.Executor.map]."""
         if self.workers == 1:
             for item in items:
                 yield fn(item)
@@ -188,9 +188,9 @@ class SlurmExecutor(Executor):
         return f"SlurmExecutor(folder={str(self.folder)!r}, cluster={self.cluster!r})"
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R | Lost]:
-        """See [`Executor.map`][filterstats.scan.executors.Executor.map]."""
+        """See [`Executor.map`][filterstats.scanning.executors.Executor.map]."""
         submitit = require("submitit", extra="slurm")
-        from filterstats.scan._submitit import RequeueableTask
+        from filterstats.scanning._submitit import RequeueableTask
 
         if not items:
             return
@@ -268,7 +268,7 @@ class RayExecutor(Executor):
         return {"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), *paths])}}
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R | Lost]:
-        """See [`Executor.map`][filterstats.scan.executors.Executor.map]."""
+        """See [`Executor.map`][filterstats.scanning.executors.Executor.map]."""
         ray = require("ray", extra="ray")
         if not items:
             return
@@ -314,7 +314,8 @@ def make_executor(
     """An executor from its name, or ``executor`` itself.
 
     Args:
-        executor: ``"local"``, ``"slurm"``, ``"ray"`` or an [`Executor`][filterstats.scan.Executor].
+        executor: ``"local"``, ``"slurm"``, ``"ray"`` or an
+            [`Executor`][filterstats.scanning.Executor].
         workers: Local worker processes (``"local"`` only); ``None``: half the CPUs.
         **options: Keyword arguments of the executor's class.
 

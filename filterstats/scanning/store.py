@@ -6,10 +6,10 @@ Layout::
       filterstats-store.json         format marker and version
       manifest/<id>.json             one entry per model spec: status, key, error, files
       layers/<id>-<key>.parquet      the model's FilterReport (one row per conv layer)
-      filters/<id>-<key>.parquet     optional raw kernels (see ``filterstats.scan.raw``)
+      filters/<id>-<key>.parquet     optional raw kernels (see ``filterstats.scanning.raw``)
 
 ``<id>`` is a readable tail of the spec plus a hash of it; ``<key>`` hashes the
-spec, its weights and the analysis settings (see ``filterstats.scan.keys``).
+spec, its weights and the analysis settings (see ``filterstats.scanning.keys``).
 
 Every file is written to a temporary name in its own folder, flushed to disk,
 then renamed over its final name (``os.replace``, atomic on POSIX and Windows
@@ -142,7 +142,7 @@ class Store:
             if not create:
                 raise FileNotFoundError(
                     f"{str(path)!r} is not a filterstats store (no {_MARKER}); create one with "
-                    "filterstats.scan.scan(specs, store=...)."
+                    "filterstats.scanning.scan(specs, store=...)."
                 )
             if self.path.exists() and not self.path.is_dir():
                 raise NotADirectoryError(f"`store` must be a folder, got the file {str(path)!r}.")
@@ -331,7 +331,7 @@ class Store:
 
         Args:
             models: Only these specs; ``None``: all.
-            columns: Only these columns (see ``filterstats.scan.raw``); ``None``: all.
+            columns: Only these columns (see ``filterstats.scanning.raw``); ``None``: all.
 
         Returns:
             A DataFrame, one row per kernel; ``model``/``layer`` are categorical.
@@ -368,7 +368,7 @@ def open_store(path: str | os.PathLike[str], *, models: Sequence[str] | None = N
     Needs ``pip install 'filterstats[pandas]'``.
 
     Args:
-        path: A store folder written by [`scan`][filterstats.scan.scan].
+        path: A store folder written by [`scan`][filterstats.scanning.scan].
         models: Only these specs; ``None``: all.
 
     Returns:
@@ -395,7 +395,7 @@ def open_filters(
     Args:
         path: A store folder.
         models: Only these specs; ``None``: all.
-        columns: Only these columns; ``None``: all (see ``filterstats.scan.raw``).
+        columns: Only these columns; ``None``: all (see ``filterstats.scanning.raw``).
 
     Returns:
         One row per kernel: model, layer, conv_depth, conv_depth_norm, out_index,

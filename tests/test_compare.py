@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+import filterstats as fs
+from tests.conftest import model_fingerprint
+
+LAST_BINS = {"(0.8, 0.9]", "(0.9, 1.0]"}
+
+
+def make_net(seed: int, depth: int = 11, width: int = 8) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, width, 3)] + [nn.Conv2d(width, width, 3) for _ in range(depth - 1)]
+    return nn.Sequential(*layers)
+
+
+def sparser(net: nn.Sequential, seed: int) -> nn.Sequential:
+    """Zero 30% of the kernels of every layer, 80% in the last two."""
+    out = copy.deepcopy(net)
+    generator = torch.Generator().manual_seed(seed)
+    convs = list(out)
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            share = 0.8 if i >= len(convs) - 2 else 0.3
+            mask = torch.rand(conv.weight.shape[:2], generator=generator) < share
+            conv.weight[mask] = 0.0
+    return out
+
+
+def orthogonal(net: nn.Sequential) -> nn.Sequential:
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        for conv in out:
+            rows = conv.weight.reshape(conv.weight.shape[0], -1)
+            q, _ = torch.linalg.qr(rows.T)  # orthonormal columns
+            conv.weight.copy_(q.T.reshape(conv.weight.shape))
+    return out
+
+
+def test_sparser_model_is_significantly_sparser_most_in_the_last_bins():
+    base = make_net(0)
+    cmp = fs.compare(sparser(base, 1), base, n_boot=500)
+    assert cmp.match == "name"
+    row = cmp.summary()["sparsity"]
+    assert row.mean_diff > 0.2 and row.median_diff > 0
+    assert row.ci_low > 0
+    assert row.wilcoxon_p < 0.01 and row.rank_biserial == 1.0
+    # Independent check of the paired test on the per-layer columns.
+    a = np.array(fs.analyze(sparser(base, 1)).column("sparsity"))
+    b = np.array(fs.analyze(base).column("sparsity"))
+    d = a - b
+    method = "exact" if np.unique(np.abs(d)).size == d.size else "asymptotic"
+    assert row.wilcoxon_p == pytest.approx(stats.wilcoxon(d, method=method).pvalue)
+    assert set(cmp.by_depth().most_different("sparsity", k=2)) == LAST_BINS
+    assert set(cmp.most_different("sparsity", k=2)) == LAST_BINS
+
+
+def test_orthogonal_model_is_more_orthogonal():
+    base = make_net(3)
+    cmp = fs.compare(orthogonal(base), base, n_boot=500)
+    row = cmp.summary()["orthogonality"]
+    assert row.mean_a == pytest.approx(1.0, abs=1e-6)
+    assert row.mean_diff > 0.05 and row.ci_low > 0
+    assert row.wilcoxon_p < 0.01
+
+
+def test_identical_models_give_zero_differences_and_no_significance():
+    base = make_net(5)
+    cmp = fs.compare(base, copy.deepcopy(base), n_boot=200)
+    for row in cmp.summary():
+        assert row.mean_diff == 0 and row.median_diff == 0
+        assert row.ci_low == 0 and row.ci_high == 0
+        assert row.wilcoxon_p == 1.0 and row.mannwhitney_p == 1.0
+    for row in cmp.by_depth():
+        assert row.mean_diff == 0 and not row.wilcoxon_p < 0.05
+
+
+def test_groups_of_pairs_per_bin_and_group_tests():
+    bases = [make_net(10 + k) for k in range(6)]
+    robust = [sparser(b, k) for k, b in enumerate(bases)]
+    cmp = fs.compare(robust, bases, n_boot=500)
+    assert len(cmp.pairs) == 6
+    summary = cmp.summary()["sparsity"]
+    assert summary.pair_wilcoxon_p == pytest.approx(2 / 2**6)
+    assert summary.mannwhitney_p < 0.01 and summary.cliffs_delta == 1.0
+    depth = cmp.by_depth()
+    assert depth.unit == "pair"
+    for row in depth.metric("sparsity"):
+        assert row.n == 6 and row.mean_diff > 0 and row.wilcoxon_p < 0.05
+    assert set(depth.most_different("sparsity", k=2)) == LAST_BINS
+
+
+def test_shared_twin_counted_per_pair_or_once():
+    twin, other = make_net(20), make_net(21)
+    robust = [sparser(twin, 1), sparser(twin, 2), sparser(other, 3)]
+    cmp = fs.compare(robust, [twin, twin, other], n_boot=100)
+    assert cmp.reports_b[0] is cmp.reports_b[1]  # analysed once
+    assert len(cmp.group(1)) == 3
+    assert len(cmp.group(1, twins="unique")) == 2
+    unique = fs.compare(robust, [twin, twin, other], twins="unique", n_boot=100)
+    assert len(unique.profiles()[1].models) == 2
+    assert len(cmp.profiles()[1].rows) == 3 * len(unique.profiles()[1].rows) / 2
+
+
+def test_different_architectures_are_matched_by_depth():
+    cmp = fs.compare(make_net(0, depth=11), make_net(1, depth=6), n_boot=100)
+    assert cmp.match == "depth"
+    units = {m.unit for m in cmp.matched}
+    assert units == {"first", "(0.1, 0.2]", "(0.3, 0.4]", "(0.5, 0.6]", "(0.7, 0.8]", "(0.9, 1.0]"}
+    assert any("only in robust" in u for u in cmp.unmatched)
+    with pytest.raises(ValueError, match="no layer name in common|unit='layer'"):
+        cmp.by_depth(unit="layer")
+
+
+def test_deterministic_and_read_only():
+    base = make_net(7)
+    robust = sparser(base, 0)
+    before = model_fingerprint(base), model_fingerprint(robust)
+    first = fs.compare(robust, base, seed=3).summary()
+    second = fs.compare(robust, base, seed=3).summary()
+    assert first.rows == second.rows
+    assert (model_fingerprint(base), model_fingerprint(robust)) == before
+
+
+def test_reports_as_inputs_table_and_errors():
+    base = make_net(8)
+    a, b = fs.analyze(sparser(base, 0), label="r"), fs.analyze(base, label="n")
+    cmp = fs.compare(a, b, n_boot=100)
+    text = repr(cmp)
+    assert "matched by name" in text and "sparsity" in text and "p (units)" in text
+    pd = pytest.importorskip("pandas")
+    frame = cmp.summary().to_pandas()
+    assert isinstance(frame, pd.DataFrame) and list(frame.metric) == list(cmp.metrics)
+    long = cmp.to_pandas()
+    assert len(long) == 11 * 3 and (long.difference == long.a - long.b).all()
+    with pytest.raises(ValueError, match="`match`"):
+        fs.compare(a, b, match="shape")
+    with pytest.raises(ValueError, match="pairs="):
+        fs.compare([a, a], [b, b, b])
+    with pytest.raises(TypeError, match="position 0"):
+        fs.compare([42], b)
