@@ -156,12 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_paper.add_argument("--format", choices=("table", "csv", "json"), default="table")
     zoo_paper.set_defaults(run=_run_zoo_paper)
 
-    try:
-        from filterstats.scanning import cli as scan_cli
-    except ImportError:  # the scan package is optional at build time
-        scan_cli = None
-    if scan_cli is not None:
-        scan_cli.add_parser(commands)
+    from filterstats.scanning import cli as scan_cli
+
+    scan_cli.add_parser(commands)
     return parser
 
 
