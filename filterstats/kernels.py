@@ -171,18 +171,11 @@ def kernel_moments_multi(
     f64 = torch.float64
     totals = [torch.zeros(width, dtype=f64, device=device) for _ in variants]
     outers = [torch.zeros(width, width, dtype=f64, device=device) for _ in variants]
-    # Per-row multipliers w / scale, float64, for the variants that need them.
-    factors: list[Tensor | None] = []
-    for weights, scale in variants:
-        if weights is None and scale is None:
-            factors.append(None)
-            continue
-        factor = torch.ones(n_rows, dtype=f64, device=device)
-        if scale is not None:
-            factor = factor / scale.to(f64)
-        if weights is not None:
-            factor = torch.where(weights > 0, factor * weights.to(f64), 0.0)
-        factors.append(factor)
+    # Row multipliers w / scale, made per chunk (no per-layer float64 array).
+    factors: list[tuple[Tensor | None, Tensor | None] | None] = [
+        None if weights is None and scale is None else (weights, scale)
+        for weights, scale in variants
+    ]
     scaled_variants = sum(factor is not None for factor in factors)
     # float64 accumulation: a float32 k*k Gram is off by ~1e-8 relative even in small
     # chunks, which moves the entropy of nearly-degenerate layers far more.
@@ -203,7 +196,13 @@ def kernel_moments_multi(
             if factor is None:
                 rows = block
             else:
-                rows = torch.mul(block, factor[start:stop], out=scaled[:, : stop - start])
+                weights, scale = factor
+                multiplier = block.new_ones(stop - start)
+                if scale is not None:
+                    multiplier = multiplier / scale[start:stop]
+                if weights is not None:
+                    multiplier = torch.where(weights[start:stop] > 0, multiplier, 0.0)
+                rows = torch.mul(block, multiplier, out=scaled[:, : stop - start])
             total += rows.sum(dim=1)
             outer.addmm_(rows, rows.T)
     results = []
@@ -271,7 +270,8 @@ def entropy_threshold(n_kernels: Tensor) -> Tensor:
 
 def _inverse_norms(rows: Tensor, row_mask: Tensor | None) -> Tensor:
     """1 / ||row|| in float64 (0 for zero or excluded rows), shape ``(..., n)``."""
-    norms = torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float64)
+    # In the rows' own dtype: dtype=float64 here would upcast a copy of the whole layer.
+    norms = torch.linalg.vector_norm(rows, dim=-1).to(torch.float64)
     usable = norms > 0
     if row_mask is not None:
         usable = usable & row_mask
@@ -344,7 +344,7 @@ def offdiag_abs_gram_sum(
             square = _abs_cosine_sum(rows, inverse, (low, high), (low, high), chunk_bytes)
             diagonal = (
                 inverse[low:high]
-                * torch.linalg.vector_norm(rows[low:high], dim=1, dtype=torch.float64)
+                * torch.linalg.vector_norm(rows[low:high], dim=1).to(torch.float64)
             ) ** 2
             total += square - diagonal.sum()
         else:

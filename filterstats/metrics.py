@@ -232,11 +232,7 @@ def _sparsity_pass(
             top = kernel_max.amax() if kernel_max.numel() else None
             count = torch.tensor(float(kernel_max.numel()), dtype=torch.float64)
         top = (top if top is not None else kernel_max.new_zeros(())).to(torch.float64)
-        threshold = eps * top
-        # Compare in float64 (a per-layer temporary): the threshold must not round.
-        kernel_max64 = kernel_max.to(torch.float64)
-        below = kernel_max64 < threshold if strict else kernel_max64 <= threshold
-        del kernel_max64
+        below = _below_threshold(kernel_max, eps * top, strict)
         # An all-zero layer: every kernel is sparse under both definitions.
         is_sparse = torch.where(top > 0, below, True)
         if keep is not None:
@@ -256,6 +252,31 @@ def _sparsity_pass(
         finite=_stack(finite, device, torch.bool),
         n_valid=_stack(n_valid, device, torch.float64),
     )
+
+
+def _below_threshold(values: Tensor, threshold: Tensor, strict: bool) -> Tensor:
+    """``values < threshold`` (or ``<=``) as if compared in float64, without a copy.
+
+    ``threshold`` is float64; ``values`` may be float32. For float32 values,
+    ``v <= t`` holds exactly when ``v <= t_down`` (the largest float32 not above
+    ``t``) and ``v < t`` exactly when ``v < t_up`` (the smallest float32 not below).
+    """
+    if values.dtype != torch.float64:
+        rounded = threshold.to(values.dtype)
+        if strict:
+            bound = torch.where(
+                rounded.to(torch.float64) < threshold,
+                torch.nextafter(rounded, rounded.new_tensor(torch.inf)),
+                rounded,
+            )
+        else:
+            bound = torch.where(
+                rounded.to(torch.float64) > threshold,
+                torch.nextafter(rounded, rounded.new_tensor(-torch.inf)),
+                rounded,
+            )
+        return values < bound if strict else values <= bound
+    return values < threshold if strict else values <= threshold
 
 
 def _stack(values: list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -367,7 +388,8 @@ def _orthogonality_values(
             n = row_mask.sum().to(torch.float64)
         counts.append(n)
         masks.append(row_mask)
-        if n_out <= _BATCH_MAX_OUT:
+        layer_bytes = weight.numel() * weight.element_size()
+        if n_out <= _BATCH_MAX_OUT and 2 * layer_bytes <= chunk_bytes:
             key = (tuple(weight.shape), weight.dtype, weight.device)
             groups.setdefault(key, []).append(i)
         else:
