@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "analyse and compare the shipped demo pair (normal vs robust)")
     demo.add_argument("--out", type=Path, default=Path("filterstats-demo"), help="output directory")
-    demo.add_argument("--seed", type=int, default=0, help="which shipped seed (default: 0)")
+    demo.add_argument(
+        "--seed", type=int, default=None, help="one shipped seed (default: all, as pairs)"
+    )
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress or warnings")
     demo.set_defaults(run=_run_demo)
 
@@ -154,12 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_paper.add_argument("--format", choices=("table", "csv", "json"), default="table")
     zoo_paper.set_defaults(run=_run_zoo_paper)
 
-    try:
-        from filterstats.scanning import cli as scan_cli
-    except ImportError:  # the scan package is optional at build time
-        scan_cli = None
-    if scan_cli is not None:
-        scan_cli.add_parser(commands)
+    from filterstats.scanning import cli as scan_cli
+
+    scan_cli.add_parser(commands)
     return parser
 
 
@@ -288,24 +287,23 @@ def _run_demo(args: argparse.Namespace) -> int:
     import filterstats as fs
     from filterstats import demo
 
-    pair = demo.load_pair(seed=args.seed)
-    robust = fs.analyze(pair.robust, label="robust")
-    normal = fs.analyze(pair.normal, label="normal")
+    seeds = demo.available_seeds() if args.seed is None else (args.seed,)
+    robust, normal = [], []
+    for seed in seeds:
+        pair = demo.load_pair(seed=seed)
+        robust.append(fs.analyze(pair.robust, label=f"robust-seed{seed}"))
+        normal.append(fs.analyze(pair.normal, label=f"normal-seed{seed}"))
     comparison = fs.compare(robust, normal, labels=("robust", "normal"))
     summary = comparison.summary()
-    _emit(robust.table())
-    _emit("")
-    _emit(normal.table())
+    _emit(fs.FilterReport.concat([robust[0], normal[0]]).table())
     _emit("")
     _emit(repr(summary))
     with _OutputDirectory(args.out) as staging:
-        fs.FilterReport.concat([robust, normal]).to_csv(staging / "layers.csv")
-        summary_frame = summary.to_pandas() if hasattr(summary, "to_pandas") else None
-        if summary_frame is not None:
-            summary_frame.to_csv(staging / "summary.csv", index=False)
+        fs.FilterReport.concat(robust + normal).to_csv(staging / "layers.csv")
+        summary.to_pandas().to_csv(staging / "summary.csv", index=False)
         _save_figures(comparison, staging)
         fs.report(comparison, staging / "report.html")
-    _emit(f"\nwrote {args.out}/: layers.csv, summary.csv, figures, report.html")
+    _emit(f"\nwrote {args.out}/: layers.csv, summary.csv, metrics_by_depth.png, report.html")
     return 0
 
 

@@ -560,9 +560,9 @@ class Comparison:
                 first_bin=self.first_bin,
                 include_lowest=self.include_lowest,
             )
-            for row, label in zip(self.matched, assigned):
-                if label is not None:
-                    cells.setdefault((row.metric, label), []).append((row.pair, row.a, row.b))
+            for row, bin_label in zip(self.matched, assigned):
+                if bin_label is not None:
+                    cells.setdefault((row.metric, bin_label), []).append((row.pair, row.a, row.b))
         rows = []
         for metric in self.metrics:
             for index, label in enumerate(labels):

@@ -332,7 +332,7 @@ def _probabilities(counts: np.ndarray, edges: np.ndarray, floor: float) -> np.nd
     totals = counts.sum(axis=1, keepdims=True)
     density = counts / np.where(totals > 0, totals, 1) / widths
     density = np.where(density == 0, floor, density)
-    return density / density.sum(axis=1, keepdims=True)
+    return np.asarray(density / density.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 def _symmetric_kl(p: np.ndarray, q: np.ndarray, weights: np.ndarray) -> float:
@@ -577,8 +577,12 @@ def filter_divergence(
     weights = basis.explained_variance_ratio.numpy()
     rows = []
     for label in (*labels_depth, ALL_DEPTHS):
-        hist_a = sum((counts[id(s)].get(label, 0) for s in sets_a), np.zeros((width, bins)))
-        hist_b = sum((counts[id(s)].get(label, 0) for s in sets_b), np.zeros((width, bins)))
+        hist_a = np.zeros((width, bins))
+        hist_b = np.zeros((width, bins))
+        for s in sets_a:
+            hist_a = hist_a + counts[id(s)].get(label, 0)
+        for s in sets_b:
+            hist_b = hist_b + counts[id(s)].get(label, 0)
         n_a, n_b = int(hist_a[0].sum()), int(hist_b[0].sum())
         if n_a == 0 or n_b == 0:
             value = math.nan
@@ -625,7 +629,7 @@ class _ReachedLayerError(Exception):
 
 
 def _find_module(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     for candidate in (name, f"module.{name}", f"_orig_mod.{name}", f"_orig_mod.module.{name}"):
         if candidate in modules:
             return modules[candidate]
