@@ -1,29 +1,28 @@
 #!/usr/bin/env bash
-# Build the documentation strictly and run every example.
+# Build the documentation strictly, in its own virtual environment.
 #
-# Usage: .ci/docs.sh PYTHON [DOCS_VENV]
-#   PYTHON     the interpreter of the test environment (filterstats installed, with
-#              the [test] extra), e.g. .venv/bin/python; runs the examples and the docs test
-#   DOCS_VENV  where to create the docs environment (default: .venv-docs); mkdocs reads
-#              the sources statically, so it needs no torch
+# Usage: .ci/docs.sh [DOCS_VENV [PYTHON]]
+#   DOCS_VENV  where to create (or reuse) the docs environment; default .venv-docs.
+#              mkdocs reads the sources statically, so it needs no torch.
+#   PYTHON     optional: an interpreter with filterstats[test] installed; then the docs
+#              test (docstrings, every code block) and the examples run too. README's
+#              test command already runs them as part of the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=${1:?usage: .ci/docs.sh PYTHON [DOCS_VENV]}
-docs_venv=${2:-.venv-docs}
+docs_venv=${1:-.venv-docs}
+py=${2:-}
 export MPLBACKEND=Agg PIP_DISABLE_PIP_VERSION_CHECK=1 NO_MKDOCS_2_WARNING=1
 
-echo "::group::docs: mkdocs build --strict"
-[ -x "$docs_venv/bin/mkdocs" ] || {
+if [ ! -x "$docs_venv/bin/mkdocs" ]; then
   python3 -m venv "$docs_venv"
-  # The requirements of the `docs` extra (tests/test_docs.py keeps docs/index.md's
-  # command equal to them); the extra itself would pull in torch.
+  # The requirements of the `docs` extra (tests/test_docs.py keeps docs/index.md's build
+  # command equal to them); installing the extra itself would pull in torch.
   "$docs_venv/bin/pip" install -q 'mkdocs-material>=9.5' 'mkdocstrings[python]>=0.24' 'ruff>=0.5'
-}
+fi
 site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
 "$docs_venv/bin/mkdocs" build --strict --site-dir "$site"
-rm -rf "$site"
-echo "::endgroup::"
 
-echo "::group::docs: code blocks, docstrings, examples"
-"$py" -m pytest -q tests/test_docs.py tests/test_examples.py
-echo "::endgroup::"
+if [ -n "$py" ]; then
+  "$py" -m pytest -q -p no:cacheprovider tests/test_docs.py tests/test_examples.py
+fi
