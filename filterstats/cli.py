@@ -76,6 +76,12 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
         help="metric definitions: the paper's code (default) or the authors' package",
     )
     parser.add_argument("--device", default=None, help="compute device, e.g. cuda (default: cpu)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow checkpoints that need pickled code: they can run arbitrary code, use "
+        "only for files you trust (default: refused)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, directory: bool) -> None:
@@ -165,10 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ helpers
 
 
-def _load(spec: str) -> Any:
+def _load(spec: str, args: argparse.Namespace) -> Any:
     from filterstats.zoo.specs import load_model
 
-    return load_model(spec)
+    return load_model(spec, trust_pickle=getattr(args, "trust_pickle", False))
 
 
 def _emit(text: str) -> None:
@@ -243,7 +249,7 @@ def _analysis_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _run_analyze(args: argparse.Namespace) -> int:
     import filterstats as fs
 
-    model = _load(args.model)
+    model = _load(args.model, args)
     report = fs.analyze(model, label=args.label or args.model, **_analysis_kwargs(args))
     _write_report(report, args.format, args.out)
     return 0
@@ -254,7 +260,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     label_a, label_b = args.labels
     reports = [
-        fs.analyze(_load(spec), label=label, **_analysis_kwargs(args))
+        fs.analyze(_load(spec, args), label=label, **_analysis_kwargs(args))
         for spec, label in ((args.model_a, label_a), (args.model_b, label_b))
     ]
     comparison = fs.compare(reports[0], reports[1], labels=(label_a, label_b))
