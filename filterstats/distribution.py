@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from filterstats import kernels
+from filterstats._modes import eval_mode
 from filterstats._optional import require
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
@@ -686,11 +687,9 @@ def first_layer_response(
         outputs.append(output.detach())
         raise _ReachedLayerError
 
-    flags = {name: m.training for name, m in model.named_modules()}
     handle = module.register_forward_hook(capture)
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             for batch in (x, x_perturbed):
                 batch = batch if batch.ndim == 4 else batch.unsqueeze(0)
                 if parameter is not None:
@@ -702,8 +701,6 @@ def first_layer_response(
                 raise ValueError(f"the forward pass never reached layer {layer!r}.")
     finally:
         handle.remove()
-        for name, m in model.named_modules():
-            m.training = flags[name]
     clean, perturbed = (o.float().cpu() for o in outputs)
     if activation == "relu":
         clean, perturbed = clean.clamp_min(0), perturbed.clamp_min(0)
