@@ -172,7 +172,14 @@ def to_state_dict(checkpoint: Any, *, source: str = "checkpoint") -> dict[str, T
 
 
 def strip_wrapper_prefixes(name: str) -> str:
-    """Remove leading ``module.`` and ``_orig_mod.`` (in any order, repeated) from a key."""
+    """Remove leading ``module.`` and ``_orig_mod.`` (in any order, repeated) from a key.
+
+    Args:
+        name: A state-dict key, e.g. ``"module._orig_mod.conv1.weight"``.
+
+    Returns:
+        The key without wrapper prefixes, e.g. ``"conv1.weight"``.
+    """
     changed = True
     while changed:
         changed = False

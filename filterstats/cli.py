@@ -102,6 +102,12 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", type=_device, default=None, help="compute device, e.g. cuda (default: cpu)"
     )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow checkpoints that need pickled code: they can run arbitrary code, use "
+        "only for files you trust (default: refused)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, directory: bool) -> None:
@@ -182,22 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_paper.add_argument("--format", choices=("table", "csv", "json"), default="table")
     zoo_paper.set_defaults(run=_run_zoo_paper)
 
-    try:
-        from filterstats.scanning import cli as scan_cli
-    except ImportError:  # the scan package is optional at build time
-        scan_cli = None
-    if scan_cli is not None:
-        scan_cli.add_parser(commands)
+    from filterstats.scanning import cli as scan_cli
+
+    scan_cli.add_parser(commands)
     return parser
 
 
 # ------------------------------------------------------------------ helpers
 
 
-def _load(spec: str) -> Any:
+def _load(spec: str, args: argparse.Namespace) -> Any:
     from filterstats.zoo.specs import load_model
 
-    return load_model(spec)
+    return load_model(spec, trust_pickle=getattr(args, "trust_pickle", False))
 
 
 def _emit(text: str) -> None:
@@ -272,7 +275,7 @@ def _analysis_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _run_analyze(args: argparse.Namespace) -> int:
     import filterstats as fs
 
-    model = _load(args.model)
+    model = _load(args.model, args)
     report = fs.analyze(model, label=args.label or args.model, **_analysis_kwargs(args))
     _write_report(report, args.format, args.out)
     return 0
@@ -283,7 +286,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     label_a, label_b = args.labels
     reports = [
-        fs.analyze(_load(spec), label=label, **_analysis_kwargs(args))
+        fs.analyze(_load(spec, args), label=label, **_analysis_kwargs(args))
         for spec, label in ((args.model_a, label_a), (args.model_b, label_b))
     ]
     comparison = fs.compare(reports[0], reports[1], labels=(label_a, label_b))

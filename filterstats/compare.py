@@ -176,11 +176,19 @@ class _Table:
         return iter(self.rows)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts."""
+        """Rows as plain dicts.
+
+        Returns:
+            One dict per row, keys in field order.
+        """
         return [asdict(row) for row in self.rows]
 
     def to_pandas(self) -> Any:
-        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``)."""
+        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``).
+
+        Returns:
+            A DataFrame with one row per row of the table.
+        """
         pd = require("pandas", extra="pandas")
         return pd.DataFrame(self.to_records(), columns=[f.name for f in fields(self._row_type)])
 
@@ -256,7 +264,14 @@ class DepthComparison(_Table):
         return self.rows[index]
 
     def metric(self, metric: str) -> tuple[DepthDifference, ...]:
-        """Rows of one metric, in depth order."""
+        """Rows of one metric, in depth order.
+
+        Args:
+            metric: A compared metric, e.g. ``"diversity"``.
+
+        Returns:
+            The rows of that metric, first bin first.
+        """
         return tuple(r for r in self.rows if r.metric == metric)
 
     def most_different(self, metric: str, k: int = 3) -> tuple[str, ...]:
@@ -545,9 +560,9 @@ class Comparison:
                 first_bin=self.first_bin,
                 include_lowest=self.include_lowest,
             )
-            for row, label in zip(self.matched, assigned):
-                if label is not None:
-                    cells.setdefault((row.metric, label), []).append((row.pair, row.a, row.b))
+            for row, bin_label in zip(self.matched, assigned):
+                if bin_label is not None:
+                    cells.setdefault((row.metric, bin_label), []).append((row.pair, row.a, row.b))
         rows = []
         for metric in self.metrics:
             for index, label in enumerate(labels):
@@ -602,11 +617,19 @@ class Comparison:
 
     # --------------------------------------------------------------- exports
     def to_records(self) -> list[dict[str, Any]]:
-        """The matched units as plain dicts (one per unit and metric)."""
+        """The matched units as plain dicts (one per unit and metric).
+
+        Returns:
+            One dict per matched unit and metric, with its ``difference``.
+        """
         return [{**asdict(row), "difference": row.difference} for row in self.matched]
 
     def to_pandas(self) -> Any:
-        """The matched units as a long pandas DataFrame (needs ``filterstats[pandas]``)."""
+        """The matched units as a long pandas DataFrame (needs ``filterstats[pandas]``).
+
+        Returns:
+            A DataFrame, one row per matched unit and metric.
+        """
         pd = require("pandas", extra="pandas")
         columns = [f.name for f in fields(MatchRow)] + ["difference"]
         return pd.DataFrame(self.to_records(), columns=columns)

@@ -15,9 +15,8 @@ Three ways to get the graph, tried in this order by ``method="auto"``:
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from torch import Tensor, fx, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from filterstats._modes import eval_mode
 from filterstats._warnings import FilterStatsWarning
 
 __all__ = ["conv_depth_ranks", "forward_depths", "fx_depths", "graph_depths"]
@@ -98,18 +98,6 @@ class _DepthMode(TorchFunctionMode):
         return output
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    flags = [(module, module.training) for module in model.modules()]
-    try:
-        for module, _ in flags:
-            module.training = False
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
 def forward_depths(
     model: nn.Module,
     example_inputs: Any,
@@ -142,7 +130,7 @@ def forward_depths(
 
     handles = [module.register_forward_pre_hook(hook) for module in conv_names]
     try:
-        with torch.no_grad(), _eval_mode(model), mode:
+        with torch.no_grad(), eval_mode(model), mode:
             for leaf in pytree.tree_leaves(inputs):
                 if isinstance(leaf, Tensor):
                     mode.tag(leaf, 0)

@@ -267,11 +267,19 @@ class DepthProfile(Sequence[ProfileRow]):
         return [getattr(r, metric) for r in self.rows if r.bin == bin]
 
     def to_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts."""
+        """Rows as plain dicts.
+
+        Returns:
+            One dict per row, keys in field order.
+        """
         return [asdict(row) for row in self.rows]
 
     def to_pandas(self) -> Any:
-        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``)."""
+        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``).
+
+        Returns:
+            A DataFrame with one row per row of the table.
+        """
         pd = require("pandas", extra="pandas")
         return pd.DataFrame(self.to_records(), columns=[f.name for f in fields(ProfileRow)])
 

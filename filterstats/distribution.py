@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from filterstats import kernels
+from filterstats._modes import eval_mode
 from filterstats._optional import require
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
@@ -332,7 +333,7 @@ def _probabilities(counts: np.ndarray, edges: np.ndarray, floor: float) -> np.nd
     totals = counts.sum(axis=1, keepdims=True)
     density = counts / np.where(totals > 0, totals, 1) / widths
     density = np.where(density == 0, floor, density)
-    return density / density.sum(axis=1, keepdims=True)
+    return np.asarray(density / density.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 def _symmetric_kl(p: np.ndarray, q: np.ndarray, weights: np.ndarray) -> float:
@@ -456,11 +457,19 @@ class DivergenceByDepth:
         return tuple(r for r in self.rows if r.bin != ALL_DEPTHS)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts."""
+        """Rows as plain dicts.
+
+        Returns:
+            One dict per row, keys in field order.
+        """
         return [asdict(r) for r in self.rows]
 
     def to_pandas(self) -> Any:
-        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``)."""
+        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``).
+
+        Returns:
+            A DataFrame with one row per row of the table.
+        """
         pd = require("pandas", extra="pandas")
         return pd.DataFrame(self.to_records(), columns=["bin", "n_a", "n_b", "divergence"])
 
@@ -569,8 +578,12 @@ def filter_divergence(
     weights = basis.explained_variance_ratio.numpy()
     rows = []
     for label in (*labels_depth, ALL_DEPTHS):
-        hist_a = sum((counts[id(s)].get(label, 0) for s in sets_a), np.zeros((width, bins)))
-        hist_b = sum((counts[id(s)].get(label, 0) for s in sets_b), np.zeros((width, bins)))
+        hist_a = np.zeros((width, bins))
+        hist_b = np.zeros((width, bins))
+        for s in sets_a:
+            hist_a = hist_a + counts[id(s)].get(label, 0)
+        for s in sets_b:
+            hist_b = hist_b + counts[id(s)].get(label, 0)
         n_a, n_b = int(hist_a[0].sum()), int(hist_b[0].sum())
         if n_a == 0 or n_b == 0:
             value = math.nan
@@ -617,7 +630,7 @@ class _ReachedLayerError(Exception):
 
 
 def _find_module(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     for candidate in (name, f"module.{name}", f"_orig_mod.{name}", f"_orig_mod.module.{name}"):
         if candidate in modules:
             return modules[candidate]
@@ -674,11 +687,9 @@ def first_layer_response(
         outputs.append(output.detach())
         raise _ReachedLayerError
 
-    flags = {name: m.training for name, m in model.named_modules()}
     handle = module.register_forward_hook(capture)
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             for batch in (x, x_perturbed):
                 batch = batch if batch.ndim == 4 else batch.unsqueeze(0)
                 if parameter is not None:
@@ -690,8 +701,6 @@ def first_layer_response(
                 raise ValueError(f"the forward pass never reached layer {layer!r}.")
     finally:
         handle.remove()
-        for name, m in model.named_modules():
-            m.training = flags[name]
     clean, perturbed = (o.float().cpu() for o in outputs)
     if activation == "relu":
         clean, perturbed = clean.clamp_min(0), perturbed.clamp_min(0)

@@ -9,10 +9,9 @@ weights are detached views of the parameters where possible. Parametrisations
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import parametrize
 
 from filterstats._checks import check_choice, normalize_kernel_size
+from filterstats._modes import eval_mode
 from filterstats._warnings import FilterStatsWarning
 from filterstats.depth import conv_depth_ranks, graph_depths
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
@@ -136,19 +136,6 @@ def _strip_prefixes(name: str) -> str:
     return name
 
 
-@contextlib.contextmanager
-def _parametrizations_in_eval(module: nn.Module) -> Iterator[None]:
-    holders = getattr(module, "parametrizations", None)
-    flags = [(m, m.training) for m in holders.modules()] if holders is not None else []
-    try:
-        for m, _ in flags:
-            m.training = False
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def _effective_weight(module: nn.Module) -> Tensor:
     getter = _registered_getter(module)
     with torch.no_grad():
@@ -157,7 +144,8 @@ def _effective_weight(module: nn.Module) -> Tensor:
         elif _is_quantized_conv(module):
             weight = module.weight().dequantize()  # type: ignore[operator]
         elif parametrize.is_parametrized(module, "weight"):
-            with _parametrizations_in_eval(module):
+            # eval: spectral norm runs no power iteration (its buffers stay as they are).
+            with eval_mode(module.parametrizations):  # type: ignore[arg-type]
                 weight = module.weight  # type: ignore[assignment]
         else:
             weight = _hooked_weight(module)

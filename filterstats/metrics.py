@@ -202,7 +202,7 @@ def _check_weight(weight: Tensor, argument: str) -> Tensor:
 class _SparsityPass:
     """Per-layer results of the first pass (kernel maxima)."""
 
-    maxabs: list[Tensor]  # (N_l,) float64 per layer
+    maxabs: list[Tensor]  # (N_l,) per layer, in the layer's compute dtype (exact)
     sparse: list[Tensor]  # (N_l,) bool per layer
     valid: list[Tensor | None]  # (N_l,) bool finite kernels (omit policy), else None
     layer_max: Tensor  # (L,) float64, NaN if non-finite
@@ -211,11 +211,17 @@ class _SparsityPass:
 
 
 def _sparsity_pass(
-    weights: list[Tensor], eps: float, strict: bool, nan_policy: NanPolicy
+    weights: list[Tensor],
+    eps: float,
+    strict: bool,
+    nan_policy: NanPolicy,
+    chunk_bytes: int = kernels.DEFAULT_CHUNK_BYTES,
 ) -> _SparsityPass:
     maxabs, sparse, valid, layer_max, finite, n_valid = [], [], [], [], [], []
     for weight in weights:
-        kernel_max = kernels.kernel_maxabs(weight.reshape(weight.shape[0] * weight.shape[1], -1))
+        kernel_max = kernels.kernel_maxabs(
+            weight.reshape(weight.shape[0] * weight.shape[1], -1), chunk_bytes=chunk_bytes
+        )
         is_finite = torch.isfinite(kernel_max)
         if nan_policy == "omit":
             keep: Tensor | None = is_finite
@@ -225,9 +231,8 @@ def _sparsity_pass(
             keep = None
             top = kernel_max.amax() if kernel_max.numel() else None
             count = torch.tensor(float(kernel_max.numel()), dtype=torch.float64)
-        top = top if top is not None else kernel_max.new_zeros(())
-        threshold = eps * top
-        below = kernel_max < threshold if strict else kernel_max <= threshold
+        top = (top if top is not None else kernel_max.new_zeros(())).to(torch.float64)
+        below = _below_threshold(kernel_max, eps * top, strict)
         # An all-zero layer: every kernel is sparse under both definitions.
         is_sparse = torch.where(top > 0, below, True)
         if keep is not None:
@@ -247,6 +252,31 @@ def _sparsity_pass(
         finite=_stack(finite, device, torch.bool),
         n_valid=_stack(n_valid, device, torch.float64),
     )
+
+
+def _below_threshold(values: Tensor, threshold: Tensor, strict: bool) -> Tensor:
+    """``values < threshold`` (or ``<=``) as if compared in float64, without a copy.
+
+    ``threshold`` is float64; ``values`` may be float32. For float32 values,
+    ``v <= t`` holds exactly when ``v <= t_down`` (the largest float32 not above
+    ``t``) and ``v < t`` exactly when ``v < t_up`` (the smallest float32 not below).
+    """
+    if values.dtype != torch.float64:
+        rounded = threshold.to(values.dtype)
+        if strict:
+            bound = torch.where(
+                rounded.to(torch.float64) < threshold,
+                torch.nextafter(rounded, rounded.new_tensor(torch.inf)),
+                rounded,
+            )
+        else:
+            bound = torch.where(
+                rounded.to(torch.float64) > threshold,
+                torch.nextafter(rounded, rounded.new_tensor(-torch.inf)),
+                rounded,
+            )
+        return values < bound if strict else values <= bound
+    return values < threshold if strict else values <= threshold
 
 
 def _stack(values: list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -275,6 +305,53 @@ def _sparsity_values(first: _SparsityPass) -> Tensor:
     return torch.where(first.n_valid > 0, values, torch.nan)
 
 
+#: One weighting of the kernels for the variance entropy: (scale_filters, drop_sparse).
+_Variant = tuple[bool, bool]
+
+
+def _moments_pass(
+    weights: list[Tensor],
+    first: _SparsityPass,
+    variants: list[_Variant],
+    chunk_bytes: int,
+) -> list[list[kernels.Moments]]:
+    """Moments of every variant for every layer: one read of each layer's kernels."""
+    per_layer = []
+    for weight, kernel_max, sparse, valid in zip(weights, first.maxabs, first.sparse, first.valid):
+        rows = weight.reshape(weight.shape[0] * weight.shape[1], -1)
+        scale = torch.where(kernel_max > 0, kernel_max, 1.0)
+        specs: list[tuple[Tensor | None, Tensor | None]] = []
+        for scale_filters, drop_sparse in variants:
+            mask = ~sparse if drop_sparse else valid
+            if drop_sparse and valid is not None:
+                mask = mask & valid  # omitted kernels are never counted
+            specs.append((mask, scale if scale_filters else None))
+        per_layer.append(
+            kernels.kernel_moments_multi(rows, specs, valid=valid, chunk_bytes=chunk_bytes)
+        )
+    return [[layer[v] for layer in per_layer] for v in range(len(variants))]
+
+
+def _entropy_from_moments(
+    moments: list[kernels.Moments], device: torch.device, *, normalize: bool
+) -> Tensor:
+    """Entropies of one variant for all layers: one batched eigen-solve per kernel size."""
+    entropy = torch.full((len(moments),), torch.nan, dtype=torch.float64, device=device)
+    widths = [m.total.shape[0] for m in moments]
+    for width in sorted(set(widths)):
+        index = [i for i, w in enumerate(widths) if w == width]
+        count = _stack([moments[i].count for i in index], device, torch.float64)
+        values = kernels.variance_entropy(
+            count,
+            _stack([moments[i].total for i in index], device, torch.float64),
+            _stack([moments[i].outer for i in index], device, torch.float64),
+        )
+        if normalize:
+            values = values / kernels.entropy_threshold(count)
+        entropy[torch.tensor(index, device=device)] = values
+    return entropy
+
+
 def _entropy_values(
     weights: list[Tensor],
     first: _SparsityPass,
@@ -284,54 +361,56 @@ def _entropy_values(
     normalize: bool,
     chunk_bytes: int,
 ) -> Tensor:
-    device = first.layer_max.device
-    counts, totals, outers, widths = [], [], [], []
-    for weight, kernel_max, sparse, valid in zip(weights, first.maxabs, first.sparse, first.valid):
-        rows = weight.reshape(weight.shape[0] * weight.shape[1], -1)
-        mask = ~sparse if drop_sparse else valid
-        scale = torch.where(kernel_max > 0, kernel_max, 1.0) if scale_filters else None
-        count, total, outer = kernels.kernel_moments(
-            rows,
-            weights=None if mask is None else mask.to(torch.float64),
-            scale=scale,
-            chunk_bytes=chunk_bytes,
-        )
-        counts.append(count)
-        totals.append(total)
-        outers.append(outer)
-        widths.append(rows.shape[1])
-    entropy = torch.full((len(weights),), torch.nan, dtype=torch.float64, device=device)
-    # One batched eigen-solve per kernel size.
-    for width in sorted(set(widths)):
-        index = [i for i, w in enumerate(widths) if w == width]
-        count = _stack([counts[i] for i in index], device, torch.float64)
-        values = kernels.variance_entropy(
-            count,
-            _stack([totals[i] for i in index], device, torch.float64),
-            _stack([outers[i] for i in index], device, torch.float64),
-        )
-        if normalize:
-            values = values / kernels.entropy_threshold(count)
-        entropy[torch.tensor(index, device=device)] = values
-    return entropy
+    (moments,) = _moments_pass(weights, first, [(scale_filters, drop_sparse)], chunk_bytes)
+    return _entropy_from_moments(moments, first.layer_max.device, normalize=normalize)
+
+
+#: Layers with at most this many output filters are stacked by shape and their Gram
+#: matrices computed in one batched product: for them the per-layer loop costs more
+#: than the arithmetic.
+_BATCH_MAX_OUT = 128
 
 
 def _orthogonality_values(
     weights: list[Tensor], first: _SparsityPass, nan_policy: NanPolicy, chunk_bytes: int
 ) -> Tensor:
     device = first.layer_max.device
-    values = []
-    for weight, kernel_max in zip(weights, first.maxabs):
+    offdiag: list[Tensor | None] = [None] * len(weights)
+    counts: list[Tensor] = []
+    masks: list[Tensor | None] = []
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, (weight, kernel_max) in enumerate(zip(weights, first.maxabs)):
         n_out = weight.shape[0]
-        rows = weight.reshape(n_out, -1)
         row_mask = None
         n = torch.tensor(float(n_out), dtype=torch.float64, device=weight.device)
         if nan_policy == "omit":
             row_mask = torch.isfinite(kernel_max.view(n_out, -1)).all(dim=1)
             n = row_mask.sum().to(torch.float64)
-        offdiag = kernels.offdiag_abs_gram_sum(rows, row_mask=row_mask, chunk_bytes=chunk_bytes)
+        counts.append(n)
+        masks.append(row_mask)
+        layer_bytes = weight.numel() * weight.element_size()
+        if n_out <= _BATCH_MAX_OUT and 2 * layer_bytes <= chunk_bytes:
+            key = (tuple(weight.shape), weight.dtype, weight.device)
+            groups.setdefault(key, []).append(i)
+        else:
+            offdiag[i] = kernels.offdiag_abs_gram_sum(
+                weight.reshape(n_out, -1), row_mask=row_mask, chunk_bytes=chunk_bytes
+            )
+    for index in groups.values():
+        layer_bytes = weights[index[0]].numel() * weights[index[0]].element_size()
+        per_batch = max(1, chunk_bytes // max(layer_bytes, 1))
+        for start in range(0, len(index), per_batch):
+            batch = index[start : start + per_batch]
+            stack = torch.stack([weights[i].reshape(weights[i].shape[0], -1) for i in batch])
+            batch_masks = masks[batch[0]] is not None
+            row_mask = torch.stack([masks[i] for i in batch]) if batch_masks else None  # type: ignore[misc]
+            sums = kernels.offdiag_abs_gram_sum_batched(stack, row_mask=row_mask)
+            for j, i in enumerate(batch):
+                offdiag[i] = sums[j]
+    values = []
+    for total, n in zip(offdiag, counts):
         pairs = kernels.pair_count(n)
-        value = 1.0 - offdiag / torch.where(pairs > 0, pairs, 1.0)
+        value = 1.0 - total / torch.where(pairs > 0, pairs, 1.0)
         values.append(torch.where(pairs > 0, value, torch.nan))
     return _stack(values, device, torch.float64)
 
@@ -572,34 +651,36 @@ def measure(
         definition, scale_filters=scale_filters, normalize=normalize, strict=strict
     )
     weights, names, _ = _as_layers(filters)
-    first = _sparsity_pass(weights, eps, settings.strict, nan_policy)
+    first = _sparsity_pass(weights, eps, settings.strict, nan_policy, chunk_bytes)
     _check_nan_policy(names, first, nan_policy)
 
-    def entropy(scale: bool, drop: bool, norm: bool) -> Tensor:
-        values = _entropy_values(
-            weights,
-            first,
-            scale_filters=scale,
-            drop_sparse=drop,
-            normalize=norm,
-            chunk_bytes=chunk_bytes,
-        )
+    # Every entropy variant from one read of the kernels (paper: scaled/clean and raw;
+    # torchconvquality: clean and raw, which is also its main value).
+    wanted: list[_Variant] = [(settings.scale_filters, True)]
+    if not settings.drop_sparse:
+        wanted.append((settings.scale_filters, False))
+    wanted.append((False, False))
+    variants = list(dict.fromkeys(wanted))
+    moments = _moments_pass(weights, first, variants, chunk_bytes)
+    device = first.layer_max.device
+
+    def entropy(variant: _Variant, norm: bool) -> Tensor:
+        values = _entropy_from_moments(moments[variants.index(variant)], device, normalize=norm)
         return _finalize(values, first, nan_policy, dead_is_nan=True)
 
-    clean = entropy(settings.scale_filters, True, settings.normalize)
+    clean = entropy((settings.scale_filters, True), settings.normalize)
     main = (
         clean
         if settings.drop_sparse
-        else entropy(settings.scale_filters, False, settings.normalize)
+        else entropy((settings.scale_filters, False), settings.normalize)
     )
-    raw = entropy(False, False, False)
+    raw = entropy((False, False), False)
     ortho = _finalize(
         _orthogonality_values(weights, first, nan_policy, chunk_bytes),
         first,
         nan_policy,
         dead_is_nan=True,
     )
-    device = first.layer_max.device
     n_filters = _stack(
         [torch.tensor(float(m.numel())) for m in first.sparse], device, torch.float64
     )

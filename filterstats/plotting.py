@@ -109,7 +109,7 @@ def plot_depth_boxes(
     if hasattr(profiles, "profiles"):
         prof_a, prof_b = profiles.profiles()
         groups = [prof_b, prof_a]
-        labels = labels or [profiles.labels[1], profiles.labels[0]]
+        labels = labels or [profiles.labels[1], profiles.labels[0]]  # type: ignore[union-attr]
     else:
         groups = list(profiles)
         labels = labels or [f"group {i}" for i in range(len(groups))]
@@ -307,7 +307,7 @@ def plot_cumulative_variance(
         items = list(bases.items())
     else:
         seq = [bases] if hasattr(bases, "explained_variance_ratio") else list(bases)
-        items = [(b.label or f"basis {i}", b) for i, b in enumerate(seq)]
+        items = [(b.label or f"basis {i}", b) for i, b in enumerate(seq)]  # type: ignore[misc,union-attr]
     ax = _new_axes(ax, (6, 3.5))
     for i, (label, basis) in enumerate(items):
         values = basis.cumulative.numpy()

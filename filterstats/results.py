@@ -179,7 +179,11 @@ class FilterReport(Sequence[LayerRow]):
 
     # ---------------------------------------------------------------- exports
     def to_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts (JSON-ready apart from NaN)."""
+        """Rows as plain dicts (JSON-ready apart from NaN).
+
+        Returns:
+            One dict per row, keys in ``COLUMNS`` order.
+        """
         return [asdict(row) for row in self.rows]
 
     def to_pandas(self) -> Any:

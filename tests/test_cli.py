@@ -119,3 +119,15 @@ def test_bad_option_is_a_usage_error(tmp_path):
     result = run("analyze", "demo:robust", "--kernel-size", "big", cwd=tmp_path)
     assert result.returncode == 2
     assert "kernel size" in result.stderr
+
+
+def test_trust_pickle_is_an_explicit_opt_in(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    torch.save(net, tmp_path / "whole.pt")  # a pickled module, not a state dict
+    refused = run("analyze", "whole.pt", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--trust-pickle" in refused.stderr
+    trusted = run("analyze", "whole.pt", "--trust-pickle", cwd=tmp_path)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "FilterReport: whole.pt" in trusted.stdout

@@ -88,7 +88,11 @@ def training_metrics() -> DemoTrainingMetrics:
 
 
 def available_seeds() -> tuple[int, ...]:
-    """Seeds for which both a normal and a robust model ship, ascending."""
+    """Seeds for which both a normal and a robust model ship, ascending.
+
+    Returns:
+        The seeds, e.g. ``(0, 1, 2)``.
+    """
     return training_metrics().seeds
 
 

@@ -60,12 +60,23 @@ class TrainConfig:
     threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy of the fields."""
+        """JSON-ready copy of the fields.
+
+        Returns:
+            The fields as a dict.
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error.
+
+        Args:
+            data: Fields as written by :meth:`to_dict`.
+
+        Returns:
+            The configuration.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -125,6 +136,13 @@ class DemoTrainingMetrics:
     def accuracy(self, kind: str, seed: int) -> DemoAccuracy:
         """Record of one model.
 
+        Args:
+            kind: ``"normal"`` or ``"robust"``.
+            seed: Training seed.
+
+        Returns:
+            Its recorded accuracies and weight file.
+
         Raises:
             KeyError: If no model of that kind and seed was trained.
         """
@@ -137,7 +155,11 @@ class DemoTrainingMetrics:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, the layout of ``metrics.json``."""
+        """JSON-ready form, the layout of ``metrics.json``.
+
+        Returns:
+            The record as a dict.
+        """
         return {
             "format_version": FORMAT_VERSION,
             "dataset": "sklearn.datasets.load_digits: 1797 images 8x8, pixels / 16 in [0, 1]",
@@ -151,7 +173,14 @@ class DemoTrainingMetrics:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DemoTrainingMetrics:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: The contents of ``metrics.json``.
+
+        Returns:
+            The training record.
+        """
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(

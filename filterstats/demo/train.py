@@ -236,7 +236,14 @@ def train_pair(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; see the module docstring."""
+    """Command-line entry point; see the module docstring.
+
+    Args:
+        argv: Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The exit code.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m filterstats.demo.train",
         description="Train the filterstats demo pair (normal and PGD-robust DemoNet).",

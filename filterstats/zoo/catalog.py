@@ -115,7 +115,15 @@ class PaperCatalog(Sequence[PaperPair]):
         return self.pairs[index]
 
     def where(self, **equal: Any) -> PaperCatalog:
-        """Keep the pairs whose fields equal the given values, ``where(dataset="cifar100")``."""
+        """Keep the pairs whose fields equal the given values, ``where(dataset="cifar100")``.
+
+        Args:
+            **equal: Field names of [`PaperPair`][filterstats.zoo.catalog.PaperPair]
+                and the values to keep.
+
+        Returns:
+            A catalog of the matching pairs, in the original order.
+        """
         names = {field.name for field in fields(PaperPair)}
         unknown = set(equal) - names
         if unknown:
@@ -127,11 +135,19 @@ class PaperCatalog(Sequence[PaperPair]):
         )
 
     def to_records(self) -> list[dict[str, Any]]:
-        """The pairs as JSON-ready dicts, one per pair."""
+        """The pairs as JSON-ready dicts, one per pair.
+
+        Returns:
+            One dict per pair, keys in field order.
+        """
         return [asdict(pair) for pair in self.pairs]
 
     def to_pandas(self) -> Any:
-        """The pairs as a ``pandas.DataFrame`` (extra ``filterstats[pandas]``)."""
+        """The pairs as a ``pandas.DataFrame`` (extra ``filterstats[pandas]``).
+
+        Returns:
+            A DataFrame with one row per pair and one column per field.
+        """
         pandas = require("pandas", extra="pandas")
         return pandas.DataFrame(
             self.to_records(), columns=[field.name for field in fields(PaperPair)]

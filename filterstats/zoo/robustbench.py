@@ -69,7 +69,14 @@ class RobustBenchModel:
     paper_architecture: str = ""
 
     def checkpoint_paths(self, model_dir: str | os.PathLike[str]) -> tuple[Path, ...]:
-        """Where RobustBench keeps this model's checkpoint file(s) under ``model_dir``."""
+        """Where RobustBench keeps this model's checkpoint file(s) under ``model_dir``.
+
+        Args:
+            model_dir: RobustBench's model directory (its ``model_dir`` argument).
+
+        Returns:
+            The expected checkpoint path(s), one per ensemble member.
+        """
         return checkpoint_paths(
             self.name, self.dataset, self.threat_model, model_dir, self.n_checkpoints
         )
