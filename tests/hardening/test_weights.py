@@ -82,11 +82,6 @@ def test_omit_sparsity_and_orthogonality_leave_out_the_bad_kernels(bad):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics._entropy_values uses ~sparse as the mask when drop_sparse, ignoring the "
-    "finite-kernel mask of nan_policy='omit': a NaN kernel enters the moments (owned by perf)",
-)
 @pytest.mark.parametrize("entry", ["diversity", "measure"])
 def test_omit_diversity_leaves_out_the_bad_kernels(entry):
     weight = _with_nonfinite(math.nan)
@@ -348,11 +343,6 @@ def test_kernel_passes_of_a_large_layer_stay_within_chunks(metric):
 
 
 @pytestmark_linux
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernels.offdiag_abs_gram_sum normalises the whole layer at once (a full float32 "
-    "copy), so orthogonality's extra memory grows with the layer, not the chunk (owned by perf)",
-)
 def test_orthogonality_of_a_large_layer_stays_within_chunks():
     extra = _peak_extra_bytes("orthogonality", (512, 512, 7, 7), 4 * MiB)
     assert extra < 40 * MiB, f"peak grew by {extra / MiB:.0f} MiB"
