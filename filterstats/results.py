@@ -125,7 +125,7 @@ class FilterReport(Sequence[LayerRow]):
     layers and skipped ones; prints as a table. Index by position or layer name.
 
     Attributes:
-        rows: All rows, measured and skipped, in module order.
+        rows: The measured layers in module order, then the skipped convolutions.
         params: How the report was computed.
     """
 
