@@ -364,6 +364,7 @@ def _orthogonality_values(
                 offdiag[i] = sums[j]
     values = []
     for total, n in zip(offdiag, counts):
+        assert total is not None  # every layer went through one of the two paths
         pairs = kernels.pair_count(n)
         value = 1.0 - total / torch.where(pairs > 0, pairs, 1.0)
         values.append(torch.where(pairs > 0, value, torch.nan))
