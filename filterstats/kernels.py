@@ -6,7 +6,9 @@ no host synchronisation. Public metric functions validate their inputs; these do
 
 Memory: every pass over a layer works in row chunks of at most ``chunk_bytes`` bytes
 of working storage, so the extra memory for any layer is bounded by a constant
-independent of the layer's size (plus the per-kernel maxima, 8 bytes per kernel).
+independent of the layer's size. [`kernel_pass`][filterstats.kernels.kernel_pass] keeps
+no per-kernel state at all; [`kernel_maxabs`][filterstats.kernels.kernel_maxabs]
+returns one value per kernel in the weights' compute dtype.
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ __all__ = [
     "CACHE_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES",
     "GRAM_BLOCK_ROWS",
+    "MOMENT_BLOCK_ELEMENTS",
+    "KernelPass",
     "Moments",
     "compute_dtype",
     "entropy_threshold",
+    "finite_rows",
     "kernel_maxabs",
     "kernel_moments",
     "kernel_moments_multi",
+    "kernel_pass",
+    "layer_maxabs",
     "offdiag_abs_gram_sum",
     "offdiag_abs_gram_sum_batched",
     "pair_count",
+    "sparse_bound",
     "variance_entropy",
 ]
 
@@ -40,12 +48,18 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 #: Chunk size of the memory-bound passes (kernel maxima, moments): large enough that
 #: the per-chunk overhead vanishes, small enough to stay far below the weights' size
-#: (measured: 16 MiB runs these passes about twice as fast as 1 MiB on 2 cores).
-CACHE_CHUNK_BYTES = 16 * 2**20
+#: (measured on 2 cores: the fused pass runs as fast with 1 MiB as with 16 MiB).
+CACHE_CHUNK_BYTES = 4 * 2**20
 
 #: Largest diagonal square of the recursive upper-triangle Gram product: the work is
 #: half a Gram times ``1 + GRAM_BLOCK_ROWS / n``.
 GRAM_BLOCK_ROWS = 128
+
+#: Values per block of the moment products of
+#: [`kernel_pass`][filterstats.kernels.kernel_pass] (``MOMENT_BLOCK_ELEMENTS // K``
+#: kernels of ``K`` values, one batched product for all blocks of a chunk). Blocks
+#: start at fixed rows of the layer, so the result does not depend on ``chunk_bytes``.
+MOMENT_BLOCK_ELEMENTS = 256 * 9
 
 #: Eigenvalues of a layer's kernel covariance below this fraction of the kernels'
 #: summed squared norm are treated as zero. Without it, a layer of identical kernels
@@ -110,13 +124,18 @@ class Moments:
 
     Attributes:
         count: ``()`` summed row weights.
-        total: ``(K,)`` weighted sum of the (scaled) kernels.
-        outer: ``(K, K)`` weighted sum of their outer products.
+        total: ``(K,)`` weighted sum of the (scaled) kernels, minus ``shift`` each.
+        outer: ``(K, K)`` weighted sum of their outer products, after subtracting
+            ``shift`` from every kernel.
+        shift: ``(K,)`` constant subtracted from every counted kernel (float64), or
+            ``None`` for none. A shift near the mean avoids cancellation in the scatter
+            matrix, which it does not change.
     """
 
     count: Tensor
     total: Tensor
     outer: Tensor
+    shift: Tensor | None = None
 
 
 def kernel_moments(
@@ -226,7 +245,9 @@ def kernel_moments_multi(
     return results
 
 
-def variance_entropy(count: Tensor, total: Tensor, outer: Tensor) -> Tensor:
+def variance_entropy(
+    count: Tensor, total: Tensor, outer: Tensor, shift: Tensor | None = None
+) -> Tensor:
     r"""Shannon entropy (base 10) of the explained-variance ratios, batched over layers.
 
     :math:`C = Q - s s^\top / n` is the kernels' scatter matrix; its eigenvalues
@@ -237,6 +258,10 @@ def variance_entropy(count: Tensor, total: Tensor, outer: Tensor) -> Tensor:
         count: ``(L,)`` number of kernels per layer (weighted).
         total: ``(L, K)`` kernel sums.
         outer: ``(L, K, K)`` outer-product sums.
+        shift: ``(L, K)`` constant subtracted from every kernel before ``total`` and
+            ``outer`` were summed (see [`Moments`][filterstats.kernels.Moments]), or
+            ``None``. The scatter matrix does not depend on it; the eigenvalue floor
+            is taken relative to the unshifted second moment.
 
     Returns:
         ``(L,)`` float64 entropies in ``[0, log10(K)]``: 0 where the kernels have no
@@ -248,13 +273,281 @@ def variance_entropy(count: Tensor, total: Tensor, outer: Tensor) -> Tensor:
     # eigh fails on NaN/inf: solve a zero matrix there and report NaN below.
     finite = torch.isfinite(scatter).all(dim=2).all(dim=1)
     eigenvalues = torch.linalg.eigvalsh(torch.where(finite[:, None, None], scatter, 0.0))
-    floor = EIGENVALUE_FLOOR * torch.diagonal(outer, dim1=1, dim2=2).sum(dim=1)
+    second = torch.diagonal(outer, dim1=1, dim2=2).sum(dim=1)
+    if shift is not None:
+        # trace of sum (x)(x)^T from that of sum (x - c)(x - c)^T: + 2 s.c + n |c|^2.
+        second = second + 2.0 * (total * shift).sum(dim=1) + count * (shift * shift).sum(dim=1)
+    floor = EIGENVALUE_FLOOR * second
     eigenvalues = torch.where(eigenvalues > floor[:, None], eigenvalues, 0.0)
     variance = eigenvalues.sum(dim=1, keepdim=True)
     ratio = eigenvalues / torch.where(variance > 0, variance, 1.0)
     terms = torch.where(ratio > 0, ratio * torch.log10(torch.where(ratio > 0, ratio, 1.0)), 0.0)
     entropy = -terms.sum(dim=1)
     return torch.where((count >= 2) & finite, entropy, torch.nan)
+
+
+@dataclass(frozen=True)
+class KernelPass:
+    """What one fused pass over a layer's kernels yields (no per-kernel state).
+
+    Attributes:
+        n_sparse: ``()`` float64 number of sparse kernels (among the valid ones).
+        n_valid: ``()`` float64 number of kernels used at all (finite ones when
+            non-finite kernels are omitted, else all).
+        moments: One [`Moments`][filterstats.kernels.Moments] per requested variant.
+    """
+
+    n_sparse: Tensor
+    n_valid: Tensor
+    moments: list[Moments]
+
+
+def sparse_bound(threshold: Tensor, dtype: torch.dtype, *, strict: bool) -> Tensor:
+    """A bound in ``dtype`` that compares like the float64 ``threshold`` does.
+
+    For values ``v`` of ``dtype``: ``v < threshold`` (strict) holds exactly when
+    ``v < bound``, and ``v <= threshold`` exactly when ``v <= bound``, so per-kernel
+    maxima need not be upcast.
+
+    Args:
+        threshold: ``()`` float64 threshold.
+        dtype: The dtype of the values to compare.
+        strict: Compare with ``<`` instead of ``<=``.
+
+    Returns:
+        ``()`` tensor of ``dtype``.
+    """
+    if dtype == torch.float64:
+        return threshold
+    rounded = threshold.to(dtype)
+    if strict:  # smallest value of dtype not below the threshold
+        return torch.where(
+            rounded.to(torch.float64) < threshold,
+            torch.nextafter(rounded, rounded.new_tensor(torch.inf)),
+            rounded,
+        )
+    # largest value of dtype not above the threshold
+    return torch.where(
+        rounded.to(torch.float64) > threshold,
+        torch.nextafter(rounded, rounded.new_tensor(-torch.inf)),
+        rounded,
+    )
+
+
+def _block_rows(width: int) -> int:
+    return max(1, MOMENT_BLOCK_ELEMENTS // max(width, 1))
+
+
+def _add_moments(total: Tensor, outer: Tensor, rows: Tensor, block: int) -> None:
+    """``total += sum(rows)``, ``outer += rows^T rows`` over fixed blocks of ``block`` rows."""
+    n_rows, width = rows.shape
+    full = n_rows // block * block
+    if full:
+        stacked = rows[:full].view(full // block, block, width)
+        total += stacked.sum(dim=1).sum(dim=0, dtype=torch.float64)
+        products = torch.bmm(stacked.transpose(1, 2), stacked)
+        outer += products.sum(dim=0, dtype=torch.float64)
+    if full < n_rows:
+        tail = rows[full:]
+        total += tail.sum(dim=0).to(torch.float64)
+        outer += (tail.T @ tail).to(torch.float64)
+
+
+def kernel_pass(
+    kernels: Tensor,
+    threshold: Tensor,
+    *,
+    strict: bool,
+    all_sparse: Tensor,
+    variants: Sequence[tuple[bool, bool]] = (),
+    omit_nonfinite: bool = False,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> KernelPass:
+    r"""Sparsity count and the moments of several kernel weightings in one read.
+
+    Each chunk of kernels is read once: its per-kernel maxima decide which kernels are
+    sparse (``max|f| <= threshold``, or ``<`` when ``strict``), and every variant
+    ``(scale, drop_sparse)`` adds its moments: kernels divided by their own max|value|
+    when ``scale``, sparse kernels left out when ``drop_sparse``. Nothing per kernel is
+    kept beyond the chunk.
+
+    Each chunk is scaled, shifted and masked straight into a float64 buffer (float32
+    products would run about 20 % faster but, summed in float32, leave spurious
+    eigenvalues near 1e-7 of the largest, which moves the entropy of rank-deficient
+    layers by up to 4e-6). The shift is the mean of the first block's counted kernels
+    per variant: it avoids cancellation when the mean is large against the spread,
+    and identical kernels give exactly zero. Products run over blocks of
+    ``MOMENT_BLOCK_ELEMENTS // K`` kernels in one batched product per chunk.
+
+    Args:
+        kernels: ``(N, K)`` kernels as rows.
+        threshold: ``()`` float64 sparsity threshold (``eps`` times the layer's max).
+        strict: Sparse means ``<`` instead of ``<=``.
+        all_sparse: ``()`` bool; when True every kernel counts as sparse (all-zero layer).
+        variants: ``(scale, drop_sparse)`` per wanted moment set.
+        omit_nonfinite: Leave out kernels holding NaN/inf everywhere; otherwise they
+            propagate NaN into the moments that include them.
+        chunk_bytes: Working memory per chunk; bounds peak memory.
+
+    Returns:
+        A [`KernelPass`][filterstats.kernels.KernelPass].
+    """
+    n_rows, width = kernels.shape
+    device = kernels.device
+    f64 = torch.float64
+    dtype = compute_dtype(kernels.dtype)
+    itemsize = torch.finfo(dtype).bits // 8
+    block = _block_rows(width)
+    # Per chunk: |x|, the float64 transformed rows, an upcast copy for 16-bit input.
+    row_bytes = width * (itemsize * (1 + (kernels.dtype != dtype)) + 8)
+    step = _rows_per_chunk(n_rows, row_bytes, min(chunk_bytes, CACHE_CHUNK_BYTES))
+    step = max(block, step // block * block)  # chunks hold whole blocks
+    step = min(step, max(n_rows, 1))
+    bound = sparse_bound(threshold, dtype, strict=strict)
+    absolute = torch.empty(step, width, dtype=dtype, device=device)
+    transformed = torch.empty(step, width, dtype=f64, device=device)
+    upcast = (
+        torch.empty(step, width, dtype=dtype, device=device) if kernels.dtype != dtype else None
+    )
+
+    def prepare(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Chunk rows (compute dtype), maxima, validity, sparse mask."""
+        rows = kernels[start:stop]
+        if upcast is not None:
+            rows = upcast[: stop - start].copy_(rows)
+        magnitude = absolute[: stop - start]
+        torch.abs(rows, out=magnitude)
+        # A strided max-pool: several times faster than amax over rows of K values.
+        maxima = F.max_pool1d(magnitude.view(1, 1, -1), width, width).view(-1)
+        valid = torch.isfinite(maxima) if omit_nonfinite else None
+        sparse = (maxima < bound if strict else maxima <= bound) | all_sparse
+        if valid is not None:
+            sparse &= valid
+        return rows, maxima, valid, sparse
+
+    def transform(
+        rows: Tensor, maxima: Tensor, keep: Tensor | None, scale: bool, shift: Tensor
+    ) -> Tensor:
+        """Rows (scaled) minus the shift, zero where not kept, in the chunk buffer."""
+        out = transformed[: rows.shape[0]]
+        if scale:
+            # x * (1 / m): identical kernels still give identical rows, and a product
+            # runs faster than a division.
+            factor = torch.where(maxima > 0, maxima, 1.0).to(f64).reciprocal_()[:, None]
+            torch.addcmul(-shift, rows, factor, out=out)
+        else:
+            torch.sub(rows, shift, out=out)
+        if keep is not None:
+            if omit_nonfinite:  # NaN * 0 is NaN: overwrite
+                out.masked_fill_(~keep[:, None], 0.0)
+            else:  # faster than masked_fill_ on (rows, 1) masks
+                out.mul_(keep.to(out.dtype)[:, None])
+        return out
+
+    def keep_of(valid: Tensor | None, sparse: Tensor, drop_sparse: bool) -> Tensor | None:
+        if drop_sparse:
+            return ~sparse if valid is None else ~sparse & valid
+        return valid
+
+    # Shifts: the mean of the first block's counted kernels per variant (0 if none).
+    shifts = []
+    if variants and n_rows:
+        rows, maxima, valid, sparse = prepare(0, min(block, n_rows))
+        zero = torch.zeros(width, dtype=f64, device=device)
+        for scale, drop_sparse in variants:
+            keep = keep_of(valid, sparse, drop_sparse)
+            first = transform(rows, maxima, keep, scale, zero).sum(dim=0).to(f64)
+            counted = keep.sum().to(f64) if keep is not None else float(rows.shape[0])
+            mean = first / torch.clamp(torch.as_tensor(counted, dtype=f64, device=device), min=1.0)
+            shifts.append(torch.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0))
+    else:
+        shifts = [torch.zeros(width, dtype=f64, device=device) for _ in variants]
+
+    n_sparse = torch.zeros((), dtype=f64, device=device)
+    n_valid = torch.zeros((), dtype=f64, device=device)
+    counts = [torch.zeros((), dtype=f64, device=device) for _ in variants]
+    totals = [torch.zeros(width, dtype=f64, device=device) for _ in variants]
+    outers = [torch.zeros(width, width, dtype=f64, device=device) for _ in variants]
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        rows, maxima, valid, sparse = prepare(start, stop)
+        n_sparse += sparse.sum()
+        n_valid += valid.sum() if valid is not None else stop - start
+        for (scale, drop_sparse), shift, count, total, outer in zip(
+            variants, shifts, counts, totals, outers
+        ):
+            keep = keep_of(valid, sparse, drop_sparse)
+            values = transform(rows, maxima, keep, scale, shift)
+            count += keep.sum() if keep is not None else stop - start
+            _add_moments(total, outer, values, block)
+    moments = [
+        Moments(count=count, total=total, outer=outer, shift=shift)
+        for count, total, outer, shift in zip(counts, totals, outers, shifts)
+    ]
+    return KernelPass(n_sparse=n_sparse, n_valid=n_valid, moments=moments)
+
+
+def layer_maxabs(
+    kernels: Tensor, *, omit_nonfinite: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> tuple[Tensor, Tensor]:
+    """Largest |value| of a layer, and whether every value is finite.
+
+    Without ``omit_nonfinite`` this is one reduction (``aminmax``, no copy; NaN or inf
+    propagate into the maximum). With it, the maximum is over the kernels that hold
+    only finite values, computed in chunks.
+
+    Args:
+        kernels: ``(N, K)`` kernels as rows.
+        omit_nonfinite: Leave out kernels holding NaN/inf.
+        chunk_bytes: Working memory per chunk (``omit_nonfinite`` only).
+
+    Returns:
+        ``(top, finite)``: ``()`` float64 (0 for an empty layer) and ``()`` bool.
+    """
+    f64 = torch.float64
+    device = kernels.device
+    if kernels.numel() == 0:
+        empty = torch.zeros((), dtype=f64, device=device)
+        return empty, torch.ones((), dtype=torch.bool, device=device)
+    if not omit_nonfinite:
+        low, high = torch.aminmax(kernels)
+        top = torch.maximum(-low, high).to(f64)
+        return top, torch.isfinite(top)
+    n_rows, width = kernels.shape
+    dtype = compute_dtype(kernels.dtype)
+    itemsize = torch.finfo(dtype).bits // 8
+    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, CACHE_CHUNK_BYTES))
+    buffer = torch.empty(step, width, dtype=dtype, device=device)
+    top = torch.zeros((), dtype=dtype, device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        chunk = buffer[: stop - start]
+        chunk.copy_(kernels[start:stop]).abs_()
+        maxima = F.max_pool1d(chunk.view(1, 1, -1), width, width).view(-1)
+        ok = torch.isfinite(maxima)
+        finite &= ok.all()
+        top = torch.maximum(top, torch.where(ok, maxima, 0.0).amax())
+    return top.to(f64), finite
+
+
+def finite_rows(rows: Tensor, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tensor:
+    """Which rows hold only finite values, in chunks (no bool copy of the whole matrix).
+
+    Args:
+        rows: ``(n, D)``.
+        chunk_bytes: Working memory per chunk.
+
+    Returns:
+        ``(n,)`` bool.
+    """
+    n_rows, width = rows.shape
+    result = torch.empty(n_rows, dtype=torch.bool, device=rows.device)
+    step = _rows_per_chunk(n_rows, width, min(chunk_bytes, CACHE_CHUNK_BYTES))
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        result[start:stop] = torch.isfinite(rows[start:stop]).all(dim=1)
+    return result
 
 
 def entropy_threshold(n_kernels: Tensor) -> Tensor:

@@ -198,85 +198,68 @@ def _check_weight(weight: Tensor, argument: str) -> Tensor:
 # ----------------------------------------------------------------- shared passes
 
 
+#: One weighting of the kernels for the variance entropy: (scale_filters, drop_sparse).
+_Variant = tuple[bool, bool]
+
+
 @dataclass(frozen=True)
-class _SparsityPass:
-    """Per-layer results of the first pass (kernel maxima)."""
+class _LayerPass:
+    """Per-layer results of the fused pass (no per-kernel state is kept)."""
 
-    maxabs: list[Tensor]  # (N_l,) per layer, in the layer's compute dtype (exact)
-    sparse: list[Tensor]  # (N_l,) bool per layer
-    valid: list[Tensor | None]  # (N_l,) bool finite kernels (omit policy), else None
-    layer_max: Tensor  # (L,) float64, NaN if non-finite
+    layer_max: Tensor  # (L,) float64, NaN/inf if non-finite (omit: over finite kernels)
     finite: Tensor  # (L,) bool
+    n_kernels: Tensor  # (L,) float64
     n_valid: Tensor  # (L,) float64
+    n_sparse: Tensor  # (L,) float64
+    moments: list[list[kernels.Moments]]  # [variant][layer]
 
 
-def _sparsity_pass(
+def _layer_pass(
     weights: list[Tensor],
     eps: float,
     strict: bool,
     nan_policy: NanPolicy,
+    variants: list[_Variant] | None = None,
     chunk_bytes: int = kernels.DEFAULT_CHUNK_BYTES,
-) -> _SparsityPass:
-    maxabs, sparse, valid, layer_max, finite, n_valid = [], [], [], [], [], []
+    *,
+    count_sparse: bool = True,
+) -> _LayerPass:
+    """The layer maxima (one reduction), then sparsity and all moments in one read."""
+    variants = variants or []
+    omit = nan_policy == "omit"
+    tops, finite, n_kernels, n_valid, n_sparse = [], [], [], [], []
+    moments: list[list[kernels.Moments]] = [[] for _ in variants]
     for weight in weights:
-        kernel_max = kernels.kernel_maxabs(
-            weight.reshape(weight.shape[0] * weight.shape[1], -1), chunk_bytes=chunk_bytes
+        rows = weight.reshape(weight.shape[0] * weight.shape[1], -1)
+        top, is_finite = kernels.layer_maxabs(rows, omit_nonfinite=omit, chunk_bytes=chunk_bytes)
+        tops.append(top)
+        finite.append(is_finite)
+        n_kernels.append(torch.tensor(float(rows.shape[0]), dtype=torch.float64))
+        if not count_sparse and not variants:
+            n_valid.append(n_kernels[-1])
+            continue
+        result = kernels.kernel_pass(
+            rows,
+            eps * top,
+            strict=strict,
+            all_sparse=~(top > 0),  # all zeros: every kernel is sparse
+            variants=variants,
+            omit_nonfinite=omit,
+            chunk_bytes=chunk_bytes,
         )
-        is_finite = torch.isfinite(kernel_max)
-        if nan_policy == "omit":
-            keep: Tensor | None = is_finite
-            top = torch.where(is_finite, kernel_max, 0.0).amax() if kernel_max.numel() else None
-            count = is_finite.sum().to(torch.float64)
-        else:
-            keep = None
-            top = kernel_max.amax() if kernel_max.numel() else None
-            count = torch.tensor(float(kernel_max.numel()), dtype=torch.float64)
-        top = (top if top is not None else kernel_max.new_zeros(())).to(torch.float64)
-        below = _below_threshold(kernel_max, eps * top, strict)
-        # An all-zero layer: every kernel is sparse under both definitions.
-        is_sparse = torch.where(top > 0, below, True)
-        if keep is not None:
-            is_sparse = is_sparse & keep
-        maxabs.append(kernel_max)
-        sparse.append(is_sparse)
-        valid.append(keep)
-        layer_max.append(top)
-        finite.append(is_finite.all())
-        n_valid.append(count.to(kernel_max.device))
+        n_sparse.append(result.n_sparse)
+        n_valid.append(result.n_valid)
+        for v, layer_moments in enumerate(result.moments):
+            moments[v].append(layer_moments)
     device = weights[0].device if weights else torch.device("cpu")
-    return _SparsityPass(
-        maxabs=maxabs,
-        sparse=sparse,
-        valid=valid,
-        layer_max=_stack(layer_max, device, torch.float64),
+    return _LayerPass(
+        layer_max=_stack(tops, device, torch.float64),
         finite=_stack(finite, device, torch.bool),
+        n_kernels=_stack(n_kernels, device, torch.float64),
         n_valid=_stack(n_valid, device, torch.float64),
+        n_sparse=_stack(n_sparse, device, torch.float64),
+        moments=moments,
     )
-
-
-def _below_threshold(values: Tensor, threshold: Tensor, strict: bool) -> Tensor:
-    """``values < threshold`` (or ``<=``) as if compared in float64, without a copy.
-
-    ``threshold`` is float64; ``values`` may be float32. For float32 values,
-    ``v <= t`` holds exactly when ``v <= t_down`` (the largest float32 not above
-    ``t``) and ``v < t`` exactly when ``v < t_up`` (the smallest float32 not below).
-    """
-    if values.dtype != torch.float64:
-        rounded = threshold.to(values.dtype)
-        if strict:
-            bound = torch.where(
-                rounded.to(torch.float64) < threshold,
-                torch.nextafter(rounded, rounded.new_tensor(torch.inf)),
-                rounded,
-            )
-        else:
-            bound = torch.where(
-                rounded.to(torch.float64) > threshold,
-                torch.nextafter(rounded, rounded.new_tensor(-torch.inf)),
-                rounded,
-            )
-        return values < bound if strict else values <= bound
-    return values < threshold if strict else values <= threshold
 
 
 def _stack(values: list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -285,7 +268,7 @@ def _stack(values: list[Tensor], device: torch.device, dtype: torch.dtype) -> Te
     return torch.stack([v.to(device=device, dtype=dtype) for v in values])
 
 
-def _check_nan_policy(names: list[str], first: _SparsityPass, nan_policy: NanPolicy) -> None:
+def _check_nan_policy(names: list[str], first: _LayerPass, nan_policy: NanPolicy) -> None:
     if nan_policy != "raise" or not names:
         return
     finite = first.finite.tolist()  # one host transfer for the whole set
@@ -297,39 +280,9 @@ def _check_nan_policy(names: list[str], first: _SparsityPass, nan_policy: NanPol
         )
 
 
-def _sparsity_values(first: _SparsityPass) -> Tensor:
-    if not first.sparse:
-        return first.layer_max.clone()
-    counts = _stack([m.sum() for m in first.sparse], first.layer_max.device, torch.float64)
-    values = counts / first.n_valid.clamp_min(1.0)
+def _sparsity_values(first: _LayerPass) -> Tensor:
+    values = first.n_sparse / first.n_valid.clamp_min(1.0)
     return torch.where(first.n_valid > 0, values, torch.nan)
-
-
-#: One weighting of the kernels for the variance entropy: (scale_filters, drop_sparse).
-_Variant = tuple[bool, bool]
-
-
-def _moments_pass(
-    weights: list[Tensor],
-    first: _SparsityPass,
-    variants: list[_Variant],
-    chunk_bytes: int,
-) -> list[list[kernels.Moments]]:
-    """Moments of every variant for every layer: one read of each layer's kernels."""
-    per_layer = []
-    for weight, kernel_max, sparse, valid in zip(weights, first.maxabs, first.sparse, first.valid):
-        rows = weight.reshape(weight.shape[0] * weight.shape[1], -1)
-        scale = torch.where(kernel_max > 0, kernel_max, 1.0)
-        specs: list[tuple[Tensor | None, Tensor | None]] = []
-        for scale_filters, drop_sparse in variants:
-            mask = ~sparse if drop_sparse else valid
-            if drop_sparse and valid is not None:
-                mask = mask & valid  # omitted kernels are never counted
-            specs.append((mask, scale if scale_filters else None))
-        per_layer.append(
-            kernels.kernel_moments_multi(rows, specs, valid=valid, chunk_bytes=chunk_bytes)
-        )
-    return [[layer[v] for layer in per_layer] for v in range(len(variants))]
 
 
 def _entropy_from_moments(
@@ -341,28 +294,19 @@ def _entropy_from_moments(
     for width in sorted(set(widths)):
         index = [i for i, w in enumerate(widths) if w == width]
         count = _stack([moments[i].count for i in index], device, torch.float64)
+        shifts = [moments[i].shift for i in index]
         values = kernels.variance_entropy(
             count,
             _stack([moments[i].total for i in index], device, torch.float64),
             _stack([moments[i].outer for i in index], device, torch.float64),
+            None
+            if any(shift is None for shift in shifts)
+            else _stack(shifts, device, torch.float64),  # type: ignore[arg-type]
         )
         if normalize:
             values = values / kernels.entropy_threshold(count)
         entropy[torch.tensor(index, device=device)] = values
     return entropy
-
-
-def _entropy_values(
-    weights: list[Tensor],
-    first: _SparsityPass,
-    *,
-    scale_filters: bool,
-    drop_sparse: bool,
-    normalize: bool,
-    chunk_bytes: int,
-) -> Tensor:
-    (moments,) = _moments_pass(weights, first, [(scale_filters, drop_sparse)], chunk_bytes)
-    return _entropy_from_moments(moments, first.layer_max.device, normalize=normalize)
 
 
 #: Layers with at most this many output filters are stacked by shape and their Gram
@@ -372,19 +316,22 @@ _BATCH_MAX_OUT = 128
 
 
 def _orthogonality_values(
-    weights: list[Tensor], first: _SparsityPass, nan_policy: NanPolicy, chunk_bytes: int
+    weights: list[Tensor], first: _LayerPass, nan_policy: NanPolicy, chunk_bytes: int
 ) -> Tensor:
     device = first.layer_max.device
     offdiag: list[Tensor | None] = [None] * len(weights)
     counts: list[Tensor] = []
     masks: list[Tensor | None] = []
     groups: dict[tuple[object, ...], list[int]] = {}
-    for i, (weight, kernel_max) in enumerate(zip(weights, first.maxabs)):
+    # omit: one host transfer for the whole set; only layers holding NaN/inf get a row
+    # mask (their masked copy is the one full-size copy this policy makes).
+    finite = first.finite.tolist() if nan_policy == "omit" else [True] * len(weights)
+    for i, weight in enumerate(weights):
         n_out = weight.shape[0]
         row_mask = None
         n = torch.tensor(float(n_out), dtype=torch.float64, device=weight.device)
-        if nan_policy == "omit":
-            row_mask = torch.isfinite(kernel_max.view(n_out, -1)).all(dim=1)
+        if not finite[i]:
+            row_mask = kernels.finite_rows(weight.reshape(n_out, -1), chunk_bytes=chunk_bytes)
             n = row_mask.sum().to(torch.float64)
         counts.append(n)
         masks.append(row_mask)
@@ -402,13 +349,22 @@ def _orthogonality_values(
         for start in range(0, len(index), per_batch):
             batch = index[start : start + per_batch]
             stack = torch.stack([weights[i].reshape(weights[i].shape[0], -1) for i in batch])
-            batch_masks = masks[batch[0]] is not None
-            row_mask = torch.stack([masks[i] for i in batch]) if batch_masks else None  # type: ignore[misc]
+            row_mask = None
+            if any(masks[i] is not None for i in batch):
+                row_mask = torch.stack(
+                    [
+                        mask
+                        if (mask := masks[i]) is not None
+                        else torch.ones(weights[i].shape[0], dtype=torch.bool, device=device)
+                        for i in batch
+                    ]
+                )
             sums = kernels.offdiag_abs_gram_sum_batched(stack, row_mask=row_mask)
             for j, i in enumerate(batch):
                 offdiag[i] = sums[j]
     values = []
     for total, n in zip(offdiag, counts):
+        assert total is not None  # every layer went through one of the two paths
         pairs = kernels.pair_count(n)
         value = 1.0 - total / torch.where(pairs > 0, pairs, 1.0)
         values.append(torch.where(pairs > 0, value, torch.nan))
@@ -416,7 +372,7 @@ def _orthogonality_values(
 
 
 def _finalize(
-    values: Tensor, first: _SparsityPass, nan_policy: NanPolicy, *, dead_is_nan: bool
+    values: Tensor, first: _LayerPass, nan_policy: NanPolicy, *, dead_is_nan: bool
 ) -> Tensor:
     if nan_policy == "propagate":
         values = torch.where(first.finite, values, torch.nan)
@@ -426,7 +382,7 @@ def _finalize(
 
 
 def _warn_degenerate(
-    names: list[str], weights: list[Tensor], first: _SparsityPass, metric: str
+    names: list[str], weights: list[Tensor], first: _LayerPass, metric: str
 ) -> None:
     if not names:
         return
@@ -491,7 +447,7 @@ def sparsity(
     settings = DiversitySettings.preset(definition, strict=strict)
     check_choice("nan_policy", nan_policy, _NAN_POLICIES)
     weights, names, single = _as_layers(filters)
-    first = _sparsity_pass(weights, eps, settings.strict, nan_policy)
+    first = _layer_pass(weights, eps, settings.strict, nan_policy)
     _check_nan_policy(names, first, nan_policy)
     values = _finalize(_sparsity_values(first), first, nan_policy, dead_is_nan=False)
     return _single(values, single)
@@ -556,15 +512,11 @@ def diversity(
         strict=strict,
     )
     weights, names, single = _as_layers(filters)
-    first = _sparsity_pass(weights, eps, settings.strict, nan_policy)
+    variant = (settings.scale_filters, settings.drop_sparse)
+    first = _layer_pass(weights, eps, settings.strict, nan_policy, [variant], chunk_bytes)
     _check_nan_policy(names, first, nan_policy)
-    values = _entropy_values(
-        weights,
-        first,
-        scale_filters=settings.scale_filters,
-        drop_sparse=settings.drop_sparse,
-        normalize=settings.normalize,
-        chunk_bytes=chunk_bytes,
+    values = _entropy_from_moments(
+        first.moments[0], first.layer_max.device, normalize=settings.normalize
     )
     values = _finalize(values, first, nan_policy, dead_is_nan=True)
     _warn_degenerate(names, weights, first, "diversity")
@@ -606,7 +558,7 @@ def orthogonality(
     """
     check_choice("nan_policy", nan_policy, _NAN_POLICIES)
     weights, names, single = _as_layers(filters)
-    first = _sparsity_pass(weights, 0.0, False, nan_policy)
+    first = _layer_pass(weights, 0.0, False, nan_policy, None, chunk_bytes, count_sparse=False)
     _check_nan_policy(names, first, nan_policy)
     values = _orthogonality_values(weights, first, nan_policy, chunk_bytes)
     values = _finalize(values, first, nan_policy, dead_is_nan=True)
@@ -651,17 +603,16 @@ def measure(
         definition, scale_filters=scale_filters, normalize=normalize, strict=strict
     )
     weights, names, _ = _as_layers(filters)
-    first = _sparsity_pass(weights, eps, settings.strict, nan_policy, chunk_bytes)
-    _check_nan_policy(names, first, nan_policy)
-
-    # Every entropy variant from one read of the kernels (paper: scaled/clean and raw;
-    # torchconvquality: clean and raw, which is also its main value).
+    # Sparsity and every entropy variant from one read of the kernels (paper:
+    # scaled/clean and raw; torchconvquality: clean and raw, also its main value).
     wanted: list[_Variant] = [(settings.scale_filters, True)]
     if not settings.drop_sparse:
         wanted.append((settings.scale_filters, False))
     wanted.append((False, False))
     variants = list(dict.fromkeys(wanted))
-    moments = _moments_pass(weights, first, variants, chunk_bytes)
+    first = _layer_pass(weights, eps, settings.strict, nan_policy, variants, chunk_bytes)
+    _check_nan_policy(names, first, nan_policy)
+    moments = first.moments
     device = first.layer_max.device
 
     def entropy(variant: _Variant, norm: bool) -> Tensor:
@@ -681,10 +632,8 @@ def measure(
         nan_policy,
         dead_is_nan=True,
     )
-    n_filters = _stack(
-        [torch.tensor(float(m.numel())) for m in first.sparse], device, torch.float64
-    )
-    n_sparse = _stack([m.sum() for m in first.sparse], device, torch.float64)
+    n_filters = first.n_kernels
+    n_sparse = first.n_sparse
     _warn_degenerate(names, weights, first, "diversity and orthogonality")
     return LayerMetrics(
         names=tuple(names),
