@@ -230,6 +230,10 @@ def _read_conv(
         return SkippedLayer(name, module_type, "weights on the meta device (not materialised)")
     if not weight.is_floating_point():
         return SkippedLayer(name, module_type, f"unsupported weight dtype {weight.dtype}")
+    if weight.numel() == 0:
+        return SkippedLayer(
+            name, module_type, f"weight has no elements (shape {tuple(weight.shape)})"
+        )
     transposed = bool(getattr(module, "transposed", False))
     groups = int(getattr(module, "groups", 1) or 1)
     weight = _out_by_in(weight, transposed, groups)

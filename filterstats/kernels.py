@@ -282,7 +282,7 @@ def variance_entropy(
     variance = eigenvalues.sum(dim=1, keepdim=True)
     ratio = eigenvalues / torch.where(variance > 0, variance, 1.0)
     terms = torch.where(ratio > 0, ratio * torch.log10(torch.where(ratio > 0, ratio, 1.0)), 0.0)
-    entropy = -terms.sum(dim=1)
+    entropy = 0.0 - terms.sum(dim=1)  # not -sum: a zero entropy must be +0.0, not -0.0
     return torch.where((count >= 2) & finite, entropy, torch.nan)
 
 

@@ -13,6 +13,7 @@ returns a 1-D tensor with one value per layer, on the weights' device, in float6
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
 Definition = Literal["paper", "torchconvquality"]
 FilterInput = Union[Tensor, ConvLayer, FilterSet, Sequence[Union[Tensor, ConvLayer]]]  # noqa: UP007
 
+_SAFE_SCALE = (2.0**-30, 2.0**30)  # float32 Gram products stay finite and normal
 _DEFINITIONS = ("paper", "torchconvquality")
 _NAN_POLICIES = ("propagate", "raise", "omit")
 
@@ -176,6 +178,11 @@ def _check_weight(weight: Tensor, argument: str) -> Tensor:
             f"`{argument}` must be a convolution weight (C_out, C_in / groups, *kernel) with "
             f"3 to 5 dimensions, got shape {tuple(weight.shape)}. A 2-D tensor is a linear "
             "layer or kernel matrix: reshape it to (C_out, C_in, kH, kW)."
+        )
+    if weight.numel() == 0:
+        raise ValueError(
+            f"`{argument}` has no elements (shape {tuple(weight.shape)}): a convolution with "
+            "zero filters or zero input channels has no filter statistics."
         )
     if weight.ndim > 5:
         raise ValueError(
@@ -319,6 +326,16 @@ def _orthogonality_values(
     weights: list[Tensor], first: _LayerPass, nan_policy: NanPolicy, chunk_bytes: int
 ) -> Tensor:
     device = first.layer_max.device
+    # float32 Gram products overflow above ~1e19 and underflow below ~1e-19: bring such
+    # (rare) layers to unit scale first; orthogonality does not depend on the scale.
+    tops = first.layer_max.tolist()  # one host transfer for the whole set
+    weights = [
+        weight / top
+        if weight.dtype != torch.float64 and math.isfinite(top) and top > 0
+        and not _SAFE_SCALE[0] <= top <= _SAFE_SCALE[1]
+        else weight
+        for weight, top in zip(weights, tops)
+    ]  # fmt: skip
     offdiag: list[Tensor | None] = [None] * len(weights)
     counts: list[Tensor] = []
     masks: list[Tensor | None] = []
@@ -386,9 +403,18 @@ def _warn_degenerate(
 ) -> None:
     if not names:
         return
-    dead = (first.layer_max == 0).tolist()  # one host transfer for the whole set
-    for name, weight, is_dead in zip(names, weights, dead):
-        if is_dead:
+    # One host transfer for the whole set.
+    dead = (first.layer_max == 0).tolist()
+    no_finite = (first.n_valid == 0).tolist()
+    for name, weight, is_dead, empty in zip(names, weights, dead, no_finite):
+        if empty:
+            warnings.warn(
+                f"layer {name!r} has no finite weights left after nan_policy='omit': "
+                f"{metric} is NaN.",
+                FilterStatsWarning,
+                stacklevel=3,
+            )
+        elif is_dead:
             warnings.warn(
                 f"layer {name!r} is all zeros: sparsity is 1 and {metric} is NaN.",
                 FilterStatsWarning,

@@ -149,6 +149,7 @@ def test_identical_kernels_give_zero_diversity():
     kernel = torch.randn(3, 3, dtype=torch.float64)
     weight = kernel.expand(64, 32, 3, 3).contiguous()
     assert float(fs.diversity(weight)) == 0.0
+    assert str(float(fs.diversity(weight))) == "0.0"  # +0.0, not -0.0
     assert float(fs.diversity(weight.float(), definition="torchconvquality")) == 0.0
 
 

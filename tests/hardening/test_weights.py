@@ -94,11 +94,6 @@ def test_omit_diversity_leaves_out_the_bad_kernels(entry):
     assert value == pytest.approx(ref.entropy_paper(finite_kernels.numpy()), abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics._warn_degenerate calls an all-NaN layer under nan_policy='omit' "
-    "'all zeros' (owned by perf)",
-)
 def test_omit_on_an_all_nan_layer_does_not_claim_it_is_all_zeros():
     weight = torch.full((4, 3, 3, 3), math.nan)
     with pytest.warns(fs.FilterStatsWarning) as caught:
@@ -150,11 +145,6 @@ def test_odd_shapes_match_the_float64_reference(metric, shape):
         assert -1e-12 <= value <= math.log10(math.prod(shape[2:])) + 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics._as_layers/_check_weight accept a zero-size weight (Conv2d(3, 0, 3)) and "
-    "the reshape in the kernels raises a bare RuntimeError (owned by perf)",
-)
 @pytest.mark.parametrize("shape", [(0, 3, 3, 3), (4, 0, 3, 3)])
 def test_zero_size_weight_is_a_clear_error(shape):
     with pytest.raises(ValueError, match="filters"):
@@ -348,11 +338,6 @@ def test_orthogonality_of_a_large_layer_stays_within_chunks():
     assert extra < 40 * MiB, f"peak grew by {extra / MiB:.0f} MiB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernels.offdiag_abs_gram_sum takes float32 row norms, which overflow above ~1e19 "
-    "and underflow below ~1e-19: orthogonality becomes 1.0 (owned by perf)",
-)
 @pytest.mark.parametrize("scale", [1e20, 1e-25])
 def test_orthogonality_is_scale_invariant_at_extreme_float32_magnitudes(scale):
     weight = _weight(8, 4, 3, 3)
