@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 pd = pytest.importorskip("pandas")
@@ -79,6 +85,52 @@ def test_slurm_executor_in_submitit_local_mode_gives_the_same_store(local_store,
     assert set(summary.succeeded) == set(expected.succeeded)
     assert_same_store(tmp_path / "store", local)
     assert list((tmp_path / "logs").glob("*_submitted.pkl"))  # it went through submitit
+
+
+def slurm_answer(*command: str) -> list[str]:
+    """The words a Slurm client prints; [] when there is no cluster to answer."""
+    conf = os.environ.get("SLURM_CONF")
+    if shutil.which(command[0]) is None or (conf and not Path(conf).is_file()):
+        return []  # (the clients retry a missing configuration file for a minute)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_executor_on_a_real_cluster_gives_the_same_store(local_store, tmp_path):
+    """A scan submitted to a running Slurm cluster (`.ci/slurm.sh start` makes one)."""
+    pytest.importorskip("submitit")
+    if "idle" not in slurm_answer("sinfo", "-h", "-o", "%t"):
+        pytest.skip("no Slurm cluster with an idle node (`sinfo`); see .ci/slurm.sh")
+    specs, local, expected = local_store
+    options = {
+        "folder": tmp_path / "logs",  # on the submitting machine: the single node shares it
+        "cluster": "slurm",
+        "poll_seconds": 0.5,
+        "time_min": 5,
+        "mem_gb": 1,
+    }
+    summary = scan(
+        specs, tmp_path / "store", executor="slurm", executor_options=options, progress=False
+    )
+    assert summary.failed.keys() == expected.failed.keys()
+    assert set(summary.succeeded) == set(expected.succeeded)
+    assert_same_store(tmp_path / "store", local)
+    # one sbatch array, one task per model, each known to the controller as completed
+    scripts = list((tmp_path / "logs").glob("*_submission.sh"))
+    assert len(scripts) == 1
+    assert "#SBATCH --array=0-3" in scripts[0].read_text()
+    array = scripts[0].name.split("_")[0]
+    for _ in range(60):  # a task writes its result a moment before its job ends
+        states = slurm_answer("squeue", "-h", "-r", "-t", "all", "-j", array, "-o", "%i=%T")
+        if not any(state.endswith(("PENDING", "RUNNING", "COMPLETING")) for state in states):
+            break
+        time.sleep(0.5)
+    assert sorted(states) == [f"{array}_{task}=COMPLETED" for task in range(4)]
 
 
 @pytest.mark.slow
