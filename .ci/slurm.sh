@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A single-node Slurm cluster (munge, slurmctld, slurmd; Debian packages) for the test that
-# scans on real Slurm (`pytest -m slurm`). No systemd, no cgroups, no accounting database.
+# A single-node Slurm cluster (munge, slurmctld, slurmd, and for `sacct` slurmdbd on a
+# private MariaDB; Debian packages) for the tests that scan on real Slurm (`pytest -m slurm`).
+# No systemd, no cgroups.
 #
 # Usage: .ci/slurm.sh start|stop|status [DIR]
 #   DIR (default: .slurm in the repository, git-ignored) holds the configuration, keys,
@@ -10,6 +11,8 @@
 #     starts the daemons in the background and waits (bounded) until the node is idle.
 #     When Slurm cannot be started it prints "SKIP: <reason>", stops what it started and
 #     exits 0: the test then skips, since `sinfo` reports no idle node.
+#     Without accounting (SLURM_ACCOUNTING=no, or when slurmdbd cannot start) the cluster
+#     runs, but `sacct` does not answer and the tests that need it skip.
 #   stop: cancels the jobs, stops the daemons (by their pid files) and removes DIR.
 # Both are idempotent.
 set -uo pipefail
@@ -19,6 +22,7 @@ dir=$(realpath -m "${2:-$repo/.slurm}")
 conf=$dir/slurm.conf
 export SLURM_CONF=$conf
 WAIT_S=60
+DB_PORT=16830
 
 log() { echo "slurm.sh: $*"; }
 
@@ -40,14 +44,9 @@ runtime_dir() {  # sockets need short paths (108 bytes): a temporary folder for 
   fi
 }
 
-stop() {
-  if [ -f "$conf" ] && command -v squeue >/dev/null 2>&1 && pid_alive "$dir/slurmctld.pid"; then
-    jobs=$(timeout 10 squeue -h -o %A 2>/dev/null | tr '\n' ' ')
-    [ -z "${jobs// /}" ] || timeout 10 scancel $jobs 2>/dev/null || true
-  fi
-  local run=$dir/run
-  [ -s "$dir/runtime-dir" ] && run=$(cat "$dir/runtime-dir")
-  for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$run/munged.pid"; do
+stop_daemons() {  # stop_daemons PIDFILE...: in this order, each within 10 s
+  local pidfile pid
+  for pidfile in "$@"; do
     pid_alive "$pidfile" || continue
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null
@@ -57,6 +56,17 @@ stop() {
       kill -9 "$pid" 2>/dev/null
     fi
   done
+}
+
+stop() {
+  if [ -f "$conf" ] && command -v squeue >/dev/null 2>&1 && pid_alive "$dir/slurmctld.pid"; then
+    jobs=$(timeout 10 squeue -h -o %A 2>/dev/null | tr '\n' ' ')
+    [ -z "${jobs// /}" ] || timeout 10 scancel $jobs 2>/dev/null || true
+  fi
+  local run=$dir/run
+  [ -s "$dir/runtime-dir" ] && run=$(cat "$dir/runtime-dir")
+  stop_daemons "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/slurmdbd.pid" "$run/mariadb.pid" \
+    "$run/munged.pid"
   [ "$run" = "$dir/run" ] || rm -rf "$run"
   rm -rf "$dir"
   log "stopped"
@@ -64,7 +74,7 @@ stop() {
 
 skip() {
   log "SKIP: $*"
-  for name in slurmctld slurmd; do
+  for name in slurmctld slurmd slurmdbd; do
     [ -s "$dir/$name.log" ] && { log "last lines of $name.log:"; tail -n 15 "$dir/$name.log"; }
   done
   stop >/dev/null 2>&1
@@ -85,8 +95,59 @@ install() {
     || skip "apt-get could not install ${packages[*]}"
 }
 
-write_config() {  # write_config RUNTIME_DIR
-  local run=$1 host node memory
+accounting() {  # accounting RUNTIME_DIR: MariaDB and slurmdbd; status 1 with a reason if not
+  local run=$1
+  [ "${SLURM_ACCOUNTING:-yes}" != no ] || { echo "SLURM_ACCOUNTING=no"; return 1; }
+  if ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        slurmdbd mariadb-server >/dev/null 2>&1 \
+      || { echo "slurmdbd and mariadb-server are missing and cannot be installed"; return 1; }
+  fi
+  # A private database server: its own data folder, socket and port, root by socket only.
+  mariadb-install-db --no-defaults --user="$(id -un)" --datadir="$dir/db" \
+    --auth-root-authentication-method=socket >"$dir/mariadb-install.log" 2>&1 \
+    || { echo "mariadb-install-db failed: $(tail -n 3 "$dir/mariadb-install.log")"; return 1; }
+  mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/db" --socket="$run/mariadb.sock" \
+    --port=$DB_PORT --bind-address=127.0.0.1 --pid-file="$run/mariadb.pid" \
+    --log-error="$dir/mariadb.log" --skip-log-bin --innodb-buffer-pool-size=32M \
+    </dev/null >/dev/null 2>&1 &
+  for _ in $(seq "$WAIT_S"); do
+    mariadb -S "$run/mariadb.sock" -e "SELECT 1" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  mariadb -S "$run/mariadb.sock" -e "CREATE USER slurm@'127.0.0.1' IDENTIFIED BY 'ci';
+    GRANT ALL ON slurm_acct_db.* TO slurm@'127.0.0.1';" 2>"$dir/mariadb-grant.log" \
+    || { echo "MariaDB did not start: $(tail -n 3 "$dir/mariadb.log" "$dir/mariadb-grant.log")"
+      return 1; }
+  (umask 077 && cat >"$dir/slurmdbd.conf" <<EOF
+AuthType=auth/munge
+AuthInfo=socket=$run/munge.socket
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=16819
+SlurmUser=$(id -un)
+PidFile=$dir/slurmdbd.pid
+LogFile=$dir/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=ci
+StorageLoc=slurm_acct_db
+EOF
+  )
+  slurmdbd || { echo "slurmdbd did not start: $(tail -n 3 "$dir/slurmdbd.log")"; return 1; }
+  for _ in $(seq "$WAIT_S"); do
+    timeout 10 sacctmgr -n list cluster >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "slurmdbd does not answer: $(tail -n 3 "$dir/slurmdbd.log")"
+  return 1
+}
+
+write_config() {  # write_config RUNTIME_DIR ACCOUNTING(yes|no)
+  local run=$1 host node memory storage="AccountingStorageType=accounting_storage/none"
   host=$(hostname -s)
   # This machine's processors as slurmd sees them; memory: 90 % of it, so that a slightly
   # different figure at registration does not drain the node.
@@ -95,12 +156,19 @@ write_config() {  # write_config RUNTIME_DIR
   memory=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
   node=$(sed "s/RealMemory=[0-9]*/RealMemory=$((memory * 9 / 10))/" <<<"$node")
   mkdir -p "$dir/state" "$run/spool"
+  if [ "$2" = yes ]; then
+    # AccountingStoragePass: the munge socket for talking to slurmdbd
+    storage="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=16819
+AccountingStoragePass=$run/munge.socket"
+  fi
   cat >"$conf" <<EOF
 # Single-node test cluster written by .ci/slurm.sh; everything lives in this folder.
 ClusterName=filterstats-ci
 SlurmctldHost=$host(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
+SlurmUser=$(id -un)
+SlurmdUser=$(id -un)
 SlurmctldPort=16817
 SlurmdPort=16818
 AuthType=auth/munge
@@ -112,11 +180,11 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
-# No cgroups: processes tracked through /proc, no task binding, no job accounting.
+# No cgroups: processes tracked through /proc, no task binding, no resource sampling.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+$storage
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
@@ -140,7 +208,7 @@ start() {
   local run
   run=$(runtime_dir)
   mkdir -p "$run" && chmod 755 "$run"
-  write_config "$run"
+  write_config "$run" yes
 
   # munge: a fresh key; --force since it runs as root
   (umask 077 && head -c 1024 /dev/urandom >"$dir/munge.key")
@@ -149,6 +217,14 @@ start() {
     || skip "munged did not start: $(tail -n 3 "$dir/munged.log" 2>/dev/null)"
   munge -S "$run/munge.socket" -n 2>/dev/null | unmunge -S "$run/munge.socket" >/dev/null 2>&1 \
     || skip "munge cannot encode and decode a credential: $(tail -n 3 "$dir/munged.log")"
+
+  local with_accounting=yes reason
+  if ! reason=$(accounting "$run"); then
+    log "no accounting ('sacct' will not answer): $reason"
+    with_accounting=no
+    stop_daemons "$dir/slurmdbd.pid" "$run/mariadb.pid"
+  fi
+  write_config "$run" "$with_accounting"
 
   slurmctld -f "$conf" || skip "slurmctld did not start"
   slurmd -f "$conf" || skip "slurmd did not start"
@@ -160,7 +236,8 @@ start() {
   # one real job through the scheduler
   out=$(timeout 30 srun -t 1 -N 1 -n 1 hostname 2>&1) \
     || skip "'srun hostname' failed: $out"
-  log "running ($(sinfo -h -o '%D node(s), %c CPUs, state %t' 2>/dev/null)); export SLURM_CONF=$conf"
+  log "running ($(sinfo -h -o '%D node(s), %c CPUs, state %t' 2>/dev/null)," \
+    "accounting: $with_accounting); export SLURM_CONF=$conf"
 }
 
 case $action in

@@ -6,6 +6,7 @@ them by name.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def state_dict_loader(spec: str) -> dict[str, torch.Tensor]:
 def slow_loader(spec: str) -> dict[str, torch.Tensor]:
     """Like ``state_dict_loader`` but slow, so that a kill lands mid-scan."""
     time.sleep(0.5)
+    return load_state_dict(spec)
+
+
+def stalling_loader(spec: str) -> dict[str, torch.Tensor]:
+    """Like ``state_dict_loader``, but stalls for two minutes on ``model_2.pt``.
+
+    Before stalling it writes its Slurm array task id (``<job>_<task>``) to
+    ``model_2.pt.slurm-task``, for the test that cancels it.
+    """
+    if Path(spec).name == "model_2.pt":
+        task = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        Path(spec + ".slurm-task").write_text(task)
+        time.sleep(120)
     return load_state_dict(spec)
 
 

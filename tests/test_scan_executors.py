@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ pytest.importorskip("pyarrow")
 
 from filterstats.scanning import Executor, Lost, open_store, scan  # noqa: E402
 from filterstats.scanning.executors import LocalExecutor, make_executor  # noqa: E402
-from tests.scan_helpers import write_checkpoints  # noqa: E402
+from tests.scan_helpers import stalling_loader, write_checkpoints  # noqa: E402
 
 
 def assert_same_store(left, right):
@@ -99,13 +101,19 @@ def slurm_answer(*command: str) -> list[str]:
     return done.stdout.split() if done.returncode == 0 else []
 
 
+def skip_unless_this_machine_is_an_idle_slurm_node():
+    """The tests' folders live under this machine's temporary folder: they run here only."""
+    host = socket.gethostname().split(".")[0]
+    if host not in slurm_answer("sinfo", "-h", "-N", "-t", "idle", "-o", "%N"):
+        pytest.skip(f"this machine ({host}) is no idle node of a Slurm cluster; see .ci/slurm.sh")
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_slurm_executor_on_a_real_cluster_gives_the_same_store(local_store, tmp_path):
     """A scan submitted to a running Slurm cluster (`.ci/slurm.sh start` makes one)."""
     pytest.importorskip("submitit")
-    if "idle" not in slurm_answer("sinfo", "-h", "-o", "%t"):
-        pytest.skip("no Slurm cluster with an idle node (`sinfo`); see .ci/slurm.sh")
+    skip_unless_this_machine_is_an_idle_slurm_node()
     specs, local, expected = local_store
     options = {
         "folder": tmp_path / "logs",  # on the submitting machine: the single node shares it
@@ -131,6 +139,52 @@ def test_slurm_executor_on_a_real_cluster_gives_the_same_store(local_store, tmp_
             break
         time.sleep(0.5)
     assert sorted(states) == [f"{array}_{task}=COMPLETED" for task in range(4)]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_task_cancelled_on_slurm_is_a_failure_and_a_rerun_completes_it(local_store, tmp_path):
+    """Needs `sacct` (accounting): only through it does submitit see a task that died."""
+    pytest.importorskip("submitit")
+    skip_unless_this_machine_is_an_idle_slurm_node()
+    if not slurm_answer("sacctmgr", "-n", "list", "cluster", "format=cluster"):
+        pytest.skip("the Slurm cluster has no accounting (`sacctmgr list cluster`)")
+    specs, local, expected = local_store
+    stalled = next(spec for spec in specs if spec.endswith("model_2.pt"))
+    marker = Path(stalled + ".slurm-task")
+    marker.unlink(missing_ok=True)
+    cancelled = []
+
+    def cancel_the_stalled_task():
+        for _ in range(240):
+            if marker.exists() and marker.read_text():
+                task = marker.read_text()
+                subprocess.run(["scancel", task], timeout=20, check=True)
+                cancelled.append(task)
+                return
+            time.sleep(0.5)
+
+    canceller = threading.Thread(target=cancel_the_stalled_task, daemon=True)
+    canceller.start()
+    options = {"folder": tmp_path / "logs", "cluster": "slurm", "poll_seconds": 0.5, "time_min": 5}
+    summary = scan(
+        specs,
+        tmp_path / "store",
+        executor="slurm",
+        executor_options=options,
+        loader=stalling_loader,
+        progress=False,
+    )
+    canceller.join(timeout=5)
+    marker.unlink(missing_ok=True)
+    assert cancelled, "the stalled task never reported its Slurm id"
+    assert set(summary.failed) == {*expected.failed, stalled}
+    assert "UncompletedJobError" in summary.failed[stalled]
+    state = slurm_answer("sacct", "-n", "-X", "-P", "-j", cancelled[0], "-o", "State")
+    assert state and state[0] == "CANCELLED"
+    rerun = scan(specs, tmp_path / "store", workers=1, progress=False)
+    assert list(rerun.succeeded) == [stalled]
+    assert_same_store(tmp_path / "store", local)
 
 
 @pytest.mark.slow
