@@ -13,7 +13,8 @@
 #     exits 0: the test then skips, since `sinfo` reports no idle node.
 #     Without accounting (SLURM_ACCOUNTING=no, or when slurmdbd cannot start) the cluster
 #     runs, but `sacct` does not answer and the tests that need it skip.
-#   stop: cancels the jobs, stops the daemons (by their pid files) and removes DIR.
+#   stop: cancels the jobs, stops the daemons (by their pid files) and removes DIR (only
+#     if this script wrote its slurm.conf).
 # Both are idempotent.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,7 +69,11 @@ stop() {
   stop_daemons "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/slurmdbd.pid" "$run/mariadb.pid" \
     "$run/munged.pid"
   [ "$run" = "$dir/run" ] || rm -rf "$run"
-  rm -rf "$dir"
+  if grep -qs "^# Single-node test cluster written by .ci/slurm.sh" "$conf"; then
+    rm -rf "$dir"  # only a folder this script set up
+  else
+    rmdir "$dir" 2>/dev/null || true
+  fi
   log "stopped"
 }
 
