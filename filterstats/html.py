@@ -128,8 +128,16 @@ def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> lis
         "<h2>Summary</h2>",
         _table("summary", *_records_of(summary)),
         f"<h2>By depth (units: {depth.unit}s)</h2>",
-        _table("by-depth", *_records_of(depth)),
     ]
+    records, columns = _records_of(depth)
+    filled = [r for r in records if r.get("n", 1)]
+    if len(filled) < len(records):
+        empty = sorted({str(r["bin"]) for r in records if not r.get("n", 1)})
+        parts.append(
+            f'<p class="meta">Depth bins without layers in these models, left out: '
+            f"{html.escape(', '.join(empty))}.</p>"
+        )
+    parts.append(_table("by-depth", filled, columns))
     if divergence is not None:
         parts += ["<h2>Distribution shift by depth</h2>",
                   _table("divergence", *_records_of(divergence))]  # fmt: skip
