@@ -24,7 +24,8 @@ __all__ = [
     "CACHE_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES",
     "GRAM_BLOCK_ROWS",
-    "MOMENT_BLOCK_ELEMENTS",
+    "MOMENT_BLOCK_ROWS",
+    "SHIFT_ROWS",
     "KernelPass",
     "Moments",
     "compute_dtype",
@@ -55,11 +56,15 @@ CACHE_CHUNK_BYTES = 4 * 2**20
 #: half a Gram times ``1 + GRAM_BLOCK_ROWS / n``.
 GRAM_BLOCK_ROWS = 128
 
-#: Values per block of the moment products of
-#: [`kernel_pass`][filterstats.kernels.kernel_pass] (``MOMENT_BLOCK_ELEMENTS // K``
-#: kernels of ``K`` values, one batched product for all blocks of a chunk). Blocks
-#: start at fixed rows of the layer, so the result does not depend on ``chunk_bytes``.
-MOMENT_BLOCK_ELEMENTS = 256 * 9
+#: Kernels per block of the moment products of
+#: [`kernel_pass`][filterstats.kernels.kernel_pass]: blocks start at fixed rows of the
+#: layer, so the result does not depend on ``chunk_bytes``; one batched product per
+#: chunk (thin products over blocks this long run faster than one long product).
+MOMENT_BLOCK_ROWS = 1024
+
+#: Kernels whose mean is the shift of [`kernel_pass`][filterstats.kernels.kernel_pass]'s
+#: moments (the first ``SHIFT_ROWS`` of the layer, whatever ``chunk_bytes``).
+SHIFT_ROWS = 256
 
 #: Eigenvalues of a layer's kernel covariance below this fraction of the kernels'
 #: summed squared norm are treated as zero. Without it, a layer of identical kernels
@@ -334,23 +339,79 @@ def sparse_bound(threshold: Tensor, dtype: torch.dtype, *, strict: bool) -> Tens
     )
 
 
-def _block_rows(width: int) -> int:
-    return max(1, MOMENT_BLOCK_ELEMENTS // max(width, 1))
+def _sparsity_only(
+    kernels: Tensor,
+    threshold: Tensor,
+    strict: bool,
+    all_sparse: Tensor,
+    omit_nonfinite: bool,
+    chunk_bytes: int,
+) -> KernelPass:
+    """The sparsity count alone: per-kernel maxima in the compute dtype (no float64)."""
+    n_rows, width = kernels.shape
+    device = kernels.device
+    dtype = compute_dtype(kernels.dtype)
+    itemsize = torch.finfo(dtype).bits // 8
+    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, CACHE_CHUNK_BYTES))
+    bound = sparse_bound(threshold, dtype, strict=strict)
+    buffer = torch.empty(step, width, dtype=dtype, device=device)
+    n_sparse = torch.zeros((), dtype=torch.float64, device=device)
+    n_valid = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        magnitude = buffer[: stop - start]
+        if kernels.dtype == dtype:
+            torch.abs(kernels[start:stop], out=magnitude)
+        else:  # half/bfloat16: upcast exactly, then |x|
+            magnitude.copy_(kernels[start:stop]).abs_()
+        # A strided max-pool: several times faster than amax over rows of K values.
+        maxima = F.max_pool1d(magnitude.view(1, 1, -1), width, width).view(-1)
+        sparse = (maxima < bound if strict else maxima <= bound) | all_sparse
+        if omit_nonfinite:
+            valid = torch.isfinite(maxima)
+            sparse &= valid
+            n_valid += valid.sum()
+        else:
+            n_valid += stop - start
+        n_sparse += sparse.sum()
+    return KernelPass(n_sparse=n_sparse, n_valid=n_valid, moments=[])
 
 
-def _add_moments(total: Tensor, outer: Tensor, rows: Tensor, block: int) -> None:
-    """``total += sum(rows)``, ``outer += rows^T rows`` over fixed blocks of ``block`` rows."""
-    n_rows, width = rows.shape
-    full = n_rows // block * block
+def _add_moments(count: Tensor, total: Tensor, outer: Tensor, columns: Tensor) -> None:
+    r"""Add the moments of the kernels in the first ``K`` rows of ``(K + 1, rows)``.
+
+    The last row holds each kernel's 0/1 weight ``k`` (the kernel rows are already 0
+    where ``k`` is), so one product :math:`\sum_i a_i a_i^\top` of the augmented
+    columns :math:`a_i = (y_i, k_i)` yields ``outer`` (:math:`\sum y y^\top`),
+    ``total`` (:math:`\sum k y = \sum y`) and ``count`` (:math:`\sum k^2 = \sum k`)
+    at once. Products run over fixed blocks of ``MOMENT_BLOCK_ROWS`` kernels (chunks
+    start at multiples of it), so the summation does not depend on the chunk size.
+    """
+    width = columns.shape[0] - 1
+    n_rows = columns.shape[1]
+    full = n_rows // MOMENT_BLOCK_ROWS * MOMENT_BLOCK_ROWS
+    products = torch.zeros(width + 1, width + 1, dtype=columns.dtype, device=columns.device)
     if full:
-        stacked = rows[:full].view(full // block, block, width)
-        total += stacked.sum(dim=1).sum(dim=0, dtype=torch.float64)
-        products = torch.bmm(stacked.transpose(1, 2), stacked)
-        outer += products.sum(dim=0, dtype=torch.float64)
+        blocks = columns[:, :full].view(width + 1, -1, MOMENT_BLOCK_ROWS).transpose(0, 1)
+        products += torch.bmm(blocks, blocks.transpose(1, 2)).sum(dim=0)
     if full < n_rows:
-        tail = rows[full:]
-        total += tail.sum(dim=0).to(torch.float64)
-        outer += (tail.T @ tail).to(torch.float64)
+        tail = columns[:, full:]
+        products.addmm_(tail, tail.T)
+    outer += products[:width, :width]
+    total += products[:width, width]
+    count += products[width, width]
+
+
+#: A variant's 0/1 kept mask (None: all) and row weights (None: raw, all ones).
+_Weights = tuple[Tensor | None, Tensor | None]
+
+
+def _first_mean(block: Tensor, keep: Tensor | None, factor: Tensor | None) -> Tensor:
+    """Mean of the counted, weighted kernels of a ``(K, rows)`` block (0 if none)."""
+    columns = block if factor is None else block * factor
+    count = float(block.shape[1]) if keep is None else keep.sum().to(torch.float64)
+    mean = columns.sum(dim=1) / torch.clamp(torch.as_tensor(count, dtype=torch.float64), min=1.0)
+    return torch.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def kernel_pass(
@@ -371,13 +432,18 @@ def kernel_pass(
     when ``scale``, sparse kernels left out when ``drop_sparse``. Nothing per kernel is
     kept beyond the chunk.
 
-    Each chunk is scaled, shifted and masked straight into a float64 buffer (float32
-    products would run about 20 % faster but, summed in float32, leave spurious
-    eigenvalues near 1e-7 of the largest, which moves the entropy of rank-deficient
-    layers by up to 4e-6). The shift is the mean of the first block's counted kernels
-    per variant: it avoids cancellation when the mean is large against the spread,
-    and identical kernels give exactly zero. Products run over blocks of
-    ``MOMENT_BLOCK_ELEMENTS // K`` kernels in one batched product per chunk.
+    Each chunk is converted once, exactly, into a transposed float64 ``(K, rows)``
+    buffer; its column extrema give the per-kernel maxima. Each variant is then one
+    row weight :math:`w_i` (``1 / max|f_i|`` or 1, times the 0/1 kept mask
+    :math:`k_i`) and at most two passes over the chunk: :math:`y_i = w_i x_i - k_i c`
+    into a second buffer (the raw variant shifts the buffer itself, last), where the
+    shift :math:`c` is the variant's mean over the layer's first ``SHIFT_ROWS``
+    kernels: it avoids cancellation when the mean is large against the spread, and
+    identical kernels give exactly zero. One batched float64 product of the columns
+    :math:`(y_i, k_i)` over fixed blocks of ``MOMENT_BLOCK_ROWS`` kernels then adds
+    the outer products, the sum and the count at once. (float32 products, summed in
+    float32, would leave spurious eigenvalues near 1e-7 of the largest, which moves
+    the entropy of rank-deficient layers by up to 4e-6.)
 
     Args:
         kernels: ``(N, K)`` kernels as rows.
@@ -392,94 +458,92 @@ def kernel_pass(
     Returns:
         A [`KernelPass`][filterstats.kernels.KernelPass].
     """
+    if not variants:
+        return _sparsity_only(kernels, threshold, strict, all_sparse, omit_nonfinite, chunk_bytes)
     n_rows, width = kernels.shape
     device = kernels.device
     f64 = torch.float64
-    dtype = compute_dtype(kernels.dtype)
-    itemsize = torch.finfo(dtype).bits // 8
-    block = _block_rows(width)
-    # Per chunk: |x|, the float64 transformed rows, an upcast copy for 16-bit input.
-    row_bytes = width * (itemsize * (1 + (kernels.dtype != dtype)) + 8)
-    step = _rows_per_chunk(n_rows, row_bytes, min(chunk_bytes, CACHE_CHUNK_BYTES))
-    step = max(block, step // block * block)  # chunks hold whole blocks
-    step = min(step, max(n_rows, 1))
-    bound = sparse_bound(threshold, dtype, strict=strict)
-    absolute = torch.empty(step, width, dtype=dtype, device=device)
-    transformed = torch.empty(step, width, dtype=f64, device=device)
-    upcast = (
-        torch.empty(step, width, dtype=dtype, device=device) if kernels.dtype != dtype else None
+    weighted = any(scale or drop_sparse for scale, drop_sparse in variants)
+    # Per chunk: the float64 transposed rows, and the weighted rows of one variant.
+    step = _rows_per_chunk(
+        n_rows, (width + 1) * 8 * (1 + weighted), min(chunk_bytes, CACHE_CHUNK_BYTES)
     )
-
-    def prepare(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-        """Chunk rows (compute dtype), maxima, validity, sparse mask."""
-        rows = kernels[start:stop]
-        if upcast is not None:
-            rows = upcast[: stop - start].copy_(rows)
-        magnitude = absolute[: stop - start]
-        torch.abs(rows, out=magnitude)
-        # A strided max-pool: several times faster than amax over rows of K values.
-        maxima = F.max_pool1d(magnitude.view(1, 1, -1), width, width).view(-1)
-        valid = torch.isfinite(maxima) if omit_nonfinite else None
-        sparse = (maxima < bound if strict else maxima <= bound) | all_sparse
-        if valid is not None:
-            sparse &= valid
-        return rows, maxima, valid, sparse
-
-    def transform(
-        rows: Tensor, maxima: Tensor, keep: Tensor | None, scale: bool, shift: Tensor
-    ) -> Tensor:
-        """Rows (scaled) minus the shift, zero where not kept, in the chunk buffer."""
-        out = transformed[: rows.shape[0]]
-        if scale:
-            # x * (1 / m): identical kernels still give identical rows, and a product
-            # runs faster than a division.
-            factor = torch.where(maxima > 0, maxima, 1.0).to(f64).reciprocal_()[:, None]
-            torch.addcmul(-shift, rows, factor, out=out)
-        else:
-            torch.sub(rows, shift, out=out)
-        if keep is not None:
-            if omit_nonfinite:  # NaN * 0 is NaN: overwrite
-                out.masked_fill_(~keep[:, None], 0.0)
-            else:  # faster than masked_fill_ on (rows, 1) masks
-                out.mul_(keep.to(out.dtype)[:, None])
-        return out
-
-    def keep_of(valid: Tensor | None, sparse: Tensor, drop_sparse: bool) -> Tensor | None:
-        if drop_sparse:
-            return ~sparse if valid is None else ~sparse & valid
-        return valid
-
-    # Shifts: the mean of the first block's counted kernels per variant (0 if none).
-    shifts = []
-    if variants and n_rows:
-        rows, maxima, valid, sparse = prepare(0, min(block, n_rows))
-        zero = torch.zeros(width, dtype=f64, device=device)
-        for scale, drop_sparse in variants:
-            keep = keep_of(valid, sparse, drop_sparse)
-            first = transform(rows, maxima, keep, scale, zero).sum(dim=0).to(f64)
-            counted = keep.sum().to(f64) if keep is not None else float(rows.shape[0])
-            mean = first / torch.clamp(torch.as_tensor(counted, dtype=f64, device=device), min=1.0)
-            shifts.append(torch.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0))
-    else:
-        shifts = [torch.zeros(width, dtype=f64, device=device) for _ in variants]
+    step = min(max(MOMENT_BLOCK_ROWS, step // MOMENT_BLOCK_ROWS * MOMENT_BLOCK_ROWS), n_rows)
+    # Each buffer has one more row for the kernels' 0/1 weights (see _add_moments).
+    columns = torch.empty(width + 1, max(step, min(SHIFT_ROWS, n_rows)), dtype=f64, device=device)
+    scratch = torch.empty_like(columns) if weighted else columns
+    threshold = threshold.to(f64)
 
     n_sparse = torch.zeros((), dtype=f64, device=device)
     n_valid = torch.zeros((), dtype=f64, device=device)
     counts = [torch.zeros((), dtype=f64, device=device) for _ in variants]
     totals = [torch.zeros(width, dtype=f64, device=device) for _ in variants]
     outers = [torch.zeros(width, width, dtype=f64, device=device) for _ in variants]
+    # The raw variant shifts the chunk buffer in place: it goes last.
+    order = sorted(range(len(variants)), key=lambda v: not any(variants[v]))
+
+    def prepare(block: Tensor, rows: Tensor) -> tuple[Tensor, Tensor | None, list[_Weights]]:
+        """Fill ``block`` with ``rows``; sparse mask, validity, each variant's weights."""
+        block.copy_(rows.T)  # exact upcast; (K, rows) layout
+        # max|x| per kernel from the column extrema: exact, NaN propagates.
+        maxima = torch.maximum(block.amax(dim=0), block.amin(dim=0).neg_())
+        valid = torch.isfinite(maxima) if omit_nonfinite else None
+        if valid is not None:
+            block.masked_fill_(~valid, 0.0)  # NaN * 0 is NaN: zero omitted kernels
+        sparse = (maxima < threshold if strict else maxima <= threshold) | all_sparse
+        if valid is not None:
+            sparse &= valid
+        weights: list[_Weights] = []
+        for scale, drop_sparse in variants:
+            keep = (~sparse if valid is None else ~sparse & valid) if drop_sparse else valid
+            factor = None
+            if scale or drop_sparse:
+                # x * (1 / m): identical kernels still give identical rows, and a
+                # product runs faster than a division.
+                factor = (
+                    torch.where(maxima > 0, maxima, 1.0).reciprocal_()
+                    if scale
+                    else torch.ones_like(maxima)
+                )
+                if keep is not None:
+                    factor = torch.where(keep, factor, 0.0)
+            weights.append((keep, factor))
+        return sparse, valid, weights
+
+    # Shifts: the mean of the first SHIFT_ROWS counted kernels per variant.
+    first = min(SHIFT_ROWS, n_rows)
+    shifts = [torch.zeros(width, dtype=f64, device=device) for _ in variants]
+    if first:
+        _, _, weights = prepare(columns[:width, :first], kernels[:first])
+        shifts = [_first_mean(columns[:width, :first], keep, factor) for keep, factor in weights]
+
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
-        rows, maxima, valid, sparse = prepare(start, stop)
+        size = stop - start
+        block = columns[:width, :size]
+        sparse, valid, weights = prepare(block, kernels[start:stop])
+        n_valid += valid.sum() if valid is not None else size
         n_sparse += sparse.sum()
-        n_valid += valid.sum() if valid is not None else stop - start
-        for (scale, drop_sparse), shift, count, total, outer in zip(
-            variants, shifts, counts, totals, outers
-        ):
-            keep = keep_of(valid, sparse, drop_sparse)
-            values = transform(rows, maxima, keep, scale, shift)
-            count += keep.sum() if keep is not None else stop - start
-            _add_moments(total, outer, values, block)
+        for v in order:
+            keep, factor = weights[v]
+            shift = shifts[v]
+            if factor is not None:  # y = k (w x - c), k the 0/1 kept mask
+                augmented = scratch[:, :size]
+                rows = torch.mul(block, factor, out=augmented[:width])
+                if keep is not None:
+                    augmented[width].copy_(keep)
+                else:
+                    augmented[width].fill_(1.0)
+                rows.addr_(shift, augmented[width], alpha=-1.0)
+            else:  # the raw variant: x - c, in place (the buffer's last use)
+                augmented = columns[:, :size]
+                rows = block.sub_(shift[:, None])
+                if valid is not None:
+                    rows.masked_fill_(~valid, 0.0)
+                    augmented[width].copy_(valid)
+                else:
+                    augmented[width].fill_(1.0)
+            _add_moments(counts[v], totals[v], outers[v], augmented)
     moments = [
         Moments(count=count, total=total, outer=outer, shift=shift)
         for count, total, outer, shift in zip(counts, totals, outers, shifts)
