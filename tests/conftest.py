@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -43,3 +45,27 @@ def model_fingerprint(model: nn.Module) -> tuple:
         for n, m in model.named_modules()
     )
     return digest.hexdigest(), params, buffers, modes, hooks
+
+
+class NetworkBlockedError(RuntimeError):
+    """Raised when a test tries to open a network connection."""
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Block every outgoing connection and name resolution; fail the test on any attempt.
+
+    The zoo and hardening test folders use it for every test (autouse there).
+    """
+    attempts: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(args)
+        raise NetworkBlockedError(f"network access attempted in a test: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    yield attempts
+    assert not attempts, f"the test attempted network access: {attempts}"
