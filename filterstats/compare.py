@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
+from filterstats._checks import check_choice
 from filterstats._optional import require
 from filterstats._stats import bootstrap_mean_ci, mann_whitney, paired_wilcoxon
 from filterstats._text import fmt, render_table
@@ -365,7 +366,7 @@ class Comparison:
         """
         side = self._side(which)
         twins = twins or self.twins  # type: ignore[assignment]
-        _check_choice("twins", twins, ("per_pair", "unique"))
+        check_choice("twins", twins, ("per_pair", "unique"))
         reports = self.reports_a if side == 0 else self.reports_b
         chosen = [reports[pair[side]] for pair in self.pairs]
         if twins == "unique":
@@ -450,10 +451,9 @@ class Comparison:
             keep = np.isfinite(a) & np.isfinite(b)
             a, b = a[keep], b[keep]
             pair_ids = np.array([u.pair for u in units], dtype=np.int64)[keep]
-            d = a - b
-            test = paired_wilcoxon(d)
-            low, high = bootstrap_mean_ci(
-                d,
+            stats = _paired_statistics(
+                a,
+                b,
                 pair_ids if len(self.pairs) >= 2 else None,
                 n_boot=n_boot,
                 confidence=confidence,
@@ -477,15 +477,8 @@ class Comparison:
                 MetricDifference(
                     metric=metric,
                     n_pairs=len(self.pairs),
-                    n_units=int(d.size),
-                    mean_a=_mean(a),
-                    mean_b=_mean(b),
-                    mean_diff=_mean(d),
-                    median_diff=float(np.median(d)) if d.size else math.nan,
-                    ci_low=low,
-                    ci_high=high,
-                    wilcoxon_p=test.pvalue,
-                    rank_biserial=test.rank_biserial,
+                    n_units=int(a.size),
+                    **stats,
                     pair_wilcoxon_p=pair_test,
                     mannwhitney_p=mwu_p,
                     cliffs_delta=delta,
@@ -526,7 +519,7 @@ class Comparison:
         Returns:
             A [`DepthComparison`][filterstats.compare.DepthComparison].
         """
-        _check_choice("unit", unit, ("auto", "pair", "layer"))
+        check_choice("unit", unit, ("auto", "pair", "layer"))
         if unit == "auto":
             unit = "pair" if len(self.pairs) >= 2 or self.match != "name" else "layer"
         if unit == "layer" and self.match != "name":
@@ -572,11 +565,10 @@ class Comparison:
                 b = np.array([c[2] for c in cell], dtype=np.float64)
                 keep = np.isfinite(a) & np.isfinite(b)
                 a, b, clusters = a[keep], b[keep], clusters[keep]
-                d = a - b
-                test = paired_wilcoxon(d)
                 cluster = unit == "layer" and np.unique(clusters).size >= 2
-                low, high = bootstrap_mean_ci(
-                    d,
+                stats = _paired_statistics(
+                    a,
+                    b,
                     clusters if cluster else None,
                     n_boot=n_boot,
                     confidence=confidence,
@@ -584,18 +576,7 @@ class Comparison:
                 )
                 rows.append(
                     DepthDifference(
-                        metric=metric,
-                        bin=label,
-                        bin_index=index,
-                        n=int(d.size),
-                        mean_a=_mean(a),
-                        mean_b=_mean(b),
-                        mean_diff=_mean(d),
-                        median_diff=float(np.median(d)) if d.size else math.nan,
-                        ci_low=low,
-                        ci_high=high,
-                        wilcoxon_p=test.pvalue,
-                        rank_biserial=test.rank_biserial,
+                        metric=metric, bin=label, bin_index=index, n=int(a.size), **stats
                     )
                 )
         return DepthComparison(tuple(rows), self.labels, labels, unit, confidence)
@@ -666,9 +647,31 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+def _paired_statistics(
+    a: np.ndarray,
+    b: np.ndarray,
+    clusters: np.ndarray | None,
+    *,
+    n_boot: int,
+    confidence: float,
+    generator: np.random.Generator,
+) -> dict[str, float]:
+    """Means of both sides, the mean/median of ``a - b``, its bootstrap CI, Wilcoxon."""
+    d = a - b
+    test = paired_wilcoxon(d)
+    low, high = bootstrap_mean_ci(
+        d, clusters, n_boot=n_boot, confidence=confidence, generator=generator
+    )
+    return {
+        "mean_a": _mean(a),
+        "mean_b": _mean(b),
+        "mean_diff": _mean(d),
+        "median_diff": float(np.median(d)) if d.size else math.nan,
+        "ci_low": low,
+        "ci_high": high,
+        "wilcoxon_p": test.pvalue,
+        "rank_biserial": test.rank_biserial,
+    }
 
 
 def _check_boot(n_boot: int, confidence: float) -> None:
@@ -899,8 +902,8 @@ def compare(
         >>> cmp.match, len(cmp.pairs)
         ('name', 1)
     """
-    _check_choice("match", match, ("auto", "name", "depth"))
-    _check_choice("twins", twins, ("per_pair", "unique"))
+    check_choice("match", match, ("auto", "name", "depth"))
+    check_choice("twins", twins, ("per_pair", "unique"))
     _check_boot(n_boot, confidence)
     unknown = [m for m in metrics if m not in AGGREGATED]
     if unknown or not metrics:
