@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from torch import nn
 from filterstats._checks import check_choice
 from filterstats._optional import require
 from filterstats._stats import bootstrap_mean_ci, mann_whitney, paired_wilcoxon
+from filterstats._tables import RowTable
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import (
     AGGREGATED,
@@ -164,38 +165,8 @@ class DepthDifference:
     rank_biserial: float
 
 
-class _Table:
-    """Shared behaviour of the frozen result tables: sequence, records, pandas."""
-
-    rows: tuple[Any, ...]
-    _row_type: type
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.rows)
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts.
-
-        Returns:
-            One dict per row, keys in field order.
-        """
-        return [asdict(row) for row in self.rows]
-
-    def to_pandas(self) -> Any:
-        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``).
-
-        Returns:
-            A DataFrame with one row per row of the table.
-        """
-        pd = require("pandas", extra="pandas")
-        return pd.DataFrame(self.to_records(), columns=[f.name for f in fields(self._row_type)])
-
-
 @dataclass(frozen=True, eq=False, repr=False)
-class ComparisonSummary(_Table):
+class ComparisonSummary(RowTable):
     """Per-metric differences between the groups; prints as a table.
 
     Attributes:
@@ -241,7 +212,7 @@ class ComparisonSummary(_Table):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class DepthComparison(_Table):
+class DepthComparison(RowTable):
     """Per-depth-bin differences between the groups; prints as a table.
 
     Attributes:

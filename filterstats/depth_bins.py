@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from filterstats._optional import require
+from filterstats._tables import RowTable
 from filterstats._text import fmt, render_table
 from filterstats.results import FilterReport, LayerRow
 
@@ -221,7 +220,7 @@ def aggregate_rows(
 
 
 @dataclass(frozen=True, eq=False)
-class DepthProfile(Sequence[ProfileRow]):
+class DepthProfile(RowTable, Sequence[ProfileRow]):
     """Per-(model, depth bin) metrics: the data behind the paper's box plots.
 
     Attributes:
@@ -237,12 +236,7 @@ class DepthProfile(Sequence[ProfileRow]):
     first_bin: bool = True
     include_lowest: bool = False
     nan_in_denominator: bool = False
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[ProfileRow]:
-        return iter(self.rows)
+    _row_type = ProfileRow
 
     def __getitem__(self, index: int) -> ProfileRow:  # type: ignore[override]
         return self.rows[index]
@@ -265,23 +259,6 @@ class DepthProfile(Sequence[ProfileRow]):
         if metric not in AGGREGATED:
             raise KeyError(f"unknown metric {metric!r}; choose from {AGGREGATED}")
         return [getattr(r, metric) for r in self.rows if r.bin == bin]
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts.
-
-        Returns:
-            One dict per row, keys in field order.
-        """
-        return [asdict(row) for row in self.rows]
-
-    def to_pandas(self) -> Any:
-        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``).
-
-        Returns:
-            A DataFrame with one row per row of the table.
-        """
-        pd = require("pandas", extra="pandas")
-        return pd.DataFrame(self.to_records(), columns=[f.name for f in fields(ProfileRow)])
 
     def __repr__(self) -> str:
         head = ["model", "bin", "layers", "sparsity", "diversity", "orthogonality"]

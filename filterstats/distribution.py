@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from filterstats import kernels
 from filterstats._modes import eval_mode
-from filterstats._optional import require
+from filterstats._tables import RowTable
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
 from filterstats.extract import extract_filters
@@ -415,7 +415,7 @@ class DivergenceRow:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class DivergenceByDepth:
+class DivergenceByDepth(RowTable):
     """The paper's distribution shift per depth bin; prints as a table.
 
     Attributes:
@@ -436,6 +436,7 @@ class DivergenceByDepth:
     bins: int
     floor: float
     twins: str
+    _row_type = DivergenceRow
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -455,23 +456,6 @@ class DivergenceByDepth:
     def by_depth(self) -> tuple[DivergenceRow, ...]:
         """The depth-bin rows (without ``"all"``)."""
         return tuple(r for r in self.rows if r.bin != ALL_DEPTHS)
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts.
-
-        Returns:
-            One dict per row, keys in field order.
-        """
-        return [asdict(r) for r in self.rows]
-
-    def to_pandas(self) -> Any:
-        """Rows as a pandas DataFrame (needs ``filterstats[pandas]``).
-
-        Returns:
-            A DataFrame with one row per row of the table.
-        """
-        pd = require("pandas", extra="pandas")
-        return pd.DataFrame(self.to_records(), columns=["bin", "n_a", "n_b", "divergence"])
 
     def __repr__(self) -> str:
         a, b = self.labels
