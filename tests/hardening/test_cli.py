@@ -7,17 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.hardening.conftest import listing, run_cli, small_net
-
-SENTINEL = "filterstats-sentinel"
-
-
-class _Payload:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self) -> tuple:
-        return (Path.touch, (Path(self.path),))
+from tests.hardening.conftest import SENTINEL, Payload, listing, run_cli, small_net
 
 
 def _files(tmp_path: Path) -> None:
@@ -30,7 +20,7 @@ def _files(tmp_path: Path) -> None:
     (tmp_path / "corrupt.pt").write_bytes(bytes(corrupt))
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "folder.pt").mkdir()
-    payload = {"state_dict": small_net().state_dict(), "x": _Payload(tmp_path / SENTINEL)}
+    payload = {"state_dict": small_net().state_dict(), "x": Payload(tmp_path / SENTINEL)}
     torch.save(payload, tmp_path / "evil.pt")
     torch.save({"epoch": 1}, tmp_path / "nostate.pt")
 

@@ -12,19 +12,7 @@ from torch import nn
 
 import filterstats as fs
 from filterstats.checkpoints import CheckpointError
-from tests.hardening.conftest import small_net
-
-SENTINEL = "filterstats-sentinel"
-
-
-class _Payload:
-    """Unpickling this creates a file: the side effect a refused checkpoint must not have."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self) -> tuple:
-        return (Path.touch, (Path(self.path),))
+from tests.hardening.conftest import SENTINEL, Payload, small_net
 
 
 def _good(path: Path) -> Path:
@@ -97,7 +85,7 @@ def test_checkpoint_saved_without_crcs_still_loads(tmp_path):
 def test_pickled_code_is_refused_and_never_runs(tmp_path, entry, legacy):
     sentinel = tmp_path / SENTINEL
     path = tmp_path / "evil.pt"
-    payload = {"state_dict": small_net().state_dict(), "extra": _Payload(sentinel)}
+    payload = {"state_dict": small_net().state_dict(), "extra": Payload(sentinel)}
     torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
     load = {"load_state_dict": fs.load_state_dict, "load_model": fs.load_model,
             "analyze": fs.analyze}[entry]  # fmt: skip
@@ -110,7 +98,7 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path, entry, legacy):
 def test_a_bare_pickle_with_code_is_refused(tmp_path):
     sentinel = tmp_path / SENTINEL
     path = tmp_path / "raw.pt"
-    path.write_bytes(pickle.dumps(_Payload(sentinel), protocol=2))
+    path.write_bytes(pickle.dumps(Payload(sentinel), protocol=2))
     with pytest.raises(CheckpointError, match="weights_only"):
         fs.load_state_dict(path)
     assert not sentinel.exists()
