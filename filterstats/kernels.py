@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from filterstats import _native
+
 __all__ = [
     "CACHE_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES",
@@ -459,6 +461,17 @@ def kernel_pass(
         A [`KernelPass`][filterstats.kernels.KernelPass].
     """
     if not variants:
+        native = _native.kernel_pass(
+            kernels,
+            threshold,
+            strict=strict,
+            all_sparse=all_sparse,
+            variants=(),
+            shifts=(),
+            omit_nonfinite=omit_nonfinite,
+        )
+        if native is not None:
+            return KernelPass(n_sparse=native.n_sparse, n_valid=native.n_valid, moments=[])
         return _sparsity_only(kernels, threshold, strict, all_sparse, omit_nonfinite, chunk_bytes)
     n_rows, width = kernels.shape
     device = kernels.device
@@ -517,6 +530,24 @@ def kernel_pass(
         _, _, weights = prepare(columns[:width, :first], kernels[:first])
         shifts = [_first_mean(columns[:width, :first], keep, factor) for keep, factor in weights]
 
+    native = _native.kernel_pass(
+        kernels,
+        threshold,
+        strict=strict,
+        all_sparse=all_sparse,
+        variants=variants,
+        shifts=shifts,
+        omit_nonfinite=omit_nonfinite,
+    )
+    if native is not None:
+        return KernelPass(
+            n_sparse=native.n_sparse,
+            n_valid=native.n_valid,
+            moments=[
+                Moments(count=count, total=total, outer=outer, shift=shift)
+                for (count, total, outer), shift in zip(native.moments, shifts)
+            ],
+        )
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         size = stop - start
