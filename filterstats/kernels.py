@@ -54,8 +54,8 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: (measured on 2 cores: the fused pass runs as fast with 1 MiB as with 16 MiB).
 CACHE_CHUNK_BYTES = 4 * 2**20
 
-#: Largest diagonal square of the recursive upper-triangle Gram product: the work is
-#: half a Gram times ``1 + GRAM_BLOCK_ROWS / n``.
+#: Rows per panel of the upper-triangle Gram product: the work is half a Gram times
+#: ``1 + GRAM_BLOCK_ROWS / n``.
 GRAM_BLOCK_ROWS = 128
 
 #: Kernels per block of the moment products of
@@ -706,19 +706,19 @@ def offdiag_abs_gram_sum(
     r"""Sum of :math:`|\hat W \hat W^\top|` off the diagonal, :math:`\hat W` = unit rows.
 
     Rows are L2-normalised (all-zero rows stay zero). Only the upper triangle of the
-    Gram matrix is computed, recursively: the block between the first and the second
-    half of the rows (one large matrix product, counted twice by symmetry), then each
-    half the same way, down to diagonal squares of at most ``block_rows`` rows. The
-    work is half a Gram product times ``1 + block_rows / n``, in products large enough
-    to run near the matrix-multiply peak. Each block is divided by the outer product
-    of the row norms after the product, so no normalised copy of the weights is made.
+    Gram matrix is computed, in row panels of ``block_rows`` rows: panel ``p`` is one
+    product of its rows with every row from its first one on (its diagonal square
+    and everything right of it, counted twice by symmetry). The work is half a Gram
+    product times ``1 + block_rows / n``, in products wide enough to run near the
+    matrix-multiply peak. Each panel is divided by the outer product of the row norms
+    after the product, so no normalised copy of the weights is made.
 
     Args:
         filters: ``(n, D)`` output filters as rows.
         row_mask: ``(n,)`` bool; rows where False are excluded (treated as zero; they
             may hold NaN).
-        chunk_bytes: Working memory per block; bounds peak memory.
-        block_rows: Largest diagonal square computed whole.
+        chunk_bytes: Working memory per product; bounds peak memory.
+        block_rows: Rows per panel.
 
     Returns:
         0-d float64 tensor: :math:`\sum_{i \ne j} |\hat w_i \cdot \hat w_j|`.
@@ -732,22 +732,23 @@ def offdiag_abs_gram_sum(
         rows = torch.where(row_mask[:, None], rows, 0.0)
     inverse = _inverse_norms(rows, row_mask)
     total = torch.zeros((), dtype=torch.float64, device=filters.device)
-    segments = [(0, n_rows)] if n_rows else []
-    while segments:
-        low, high = segments.pop()
-        if high - low <= max(block_rows, 1):
-            square = _abs_cosine_sum(rows, inverse, (low, high), (low, high), chunk_bytes)
-            diagonal = (
-                inverse[low:high]
-                * torch.linalg.vector_norm(rows[low:high], dim=1).to(torch.float64)
-            ) ** 2
-            total += square - diagonal.sum()
-        else:
-            middle = (low + high) // 2
-            total += 2.0 * _abs_cosine_sum(
-                rows, inverse, (low, middle), (middle, high), chunk_bytes
-            )
-            segments += [(low, middle), (middle, high)]
+    panel = max(block_rows, 1)
+    itemsize = torch.finfo(dtype).bits // 8
+    for low in range(0, n_rows, panel):
+        high = min(low + panel, n_rows)
+        # Sub-panels keep the (rows, n - low) product within chunk_bytes.
+        step = _rows_per_chunk(high - low, (n_rows - low) * (itemsize + 8), chunk_bytes)
+        for start in range(low, high, step):
+            stop = min(start + step, high)
+            gram = (rows[start:stop] @ rows[start:].T).to(torch.float64)
+            gram *= inverse[start:stop, None]
+            gram *= inverse[None, start:]
+            gram.abs_()
+            # Column j of row i is the pair (start + i, start + j): keep j > i only (the
+            # square [start, stop) also holds each of its pairs below the diagonal),
+            # and count each kept pair twice (|cos| is symmetric).
+            lower = torch.tril(gram[:, : stop - start]).sum()  # with the diagonal
+            total += 2.0 * (gram.sum() - lower)
     return total
 
 
