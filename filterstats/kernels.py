@@ -740,15 +740,15 @@ def offdiag_abs_gram_sum(
         step = _rows_per_chunk(high - low, (n_rows - low) * (itemsize + 8), chunk_bytes)
         for start in range(low, high, step):
             stop = min(start + step, high)
-            gram = (rows[start:stop] @ rows[start:].T).to(torch.float64)
-            gram *= inverse[start:stop, None]
-            gram *= inverse[None, start:]
-            gram.abs_()
+            gram = rows[start:stop] @ rows[start:].T
             # Column j of row i is the pair (start + i, start + j): keep j > i only (the
             # square [start, stop) also holds each of its pairs below the diagonal),
             # and count each kept pair twice (|cos| is symmetric).
-            lower = torch.tril(gram[:, : stop - start]).sum()  # with the diagonal
-            total += 2.0 * (gram.sum() - lower)
+            gram[:, : stop - start].triu_(diagonal=1)
+            gram.abs_()  # exact in the compute dtype
+            # sum_ij |g_ij| / (|w_i| |w_j|) as a float64 product with the inverse norms
+            weighted = torch.mv(gram.to(torch.float64), inverse[start:])
+            total += 2.0 * torch.dot(weighted, inverse[start:stop])
     return total
 
 
