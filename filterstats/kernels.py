@@ -460,18 +460,25 @@ def kernel_pass(
     Returns:
         A [`KernelPass`][filterstats.kernels.KernelPass].
     """
-    if not variants:
-        native = _native.kernel_pass(
-            kernels,
-            threshold,
-            strict=strict,
-            all_sparse=all_sparse,
-            variants=(),
-            shifts=(),
-            omit_nonfinite=omit_nonfinite,
+    native = _native.kernel_pass(
+        kernels,
+        threshold,
+        strict=strict,
+        all_sparse=all_sparse,
+        variants=variants,
+        shift_rows=SHIFT_ROWS,
+        omit_nonfinite=omit_nonfinite,
+    )
+    if native is not None:
+        return KernelPass(
+            n_sparse=native.n_sparse,
+            n_valid=native.n_valid,
+            moments=[
+                Moments(count=count, total=total, outer=outer, shift=shift)
+                for (count, total, outer), shift in zip(native.moments, native.shifts)
+            ],
         )
-        if native is not None:
-            return KernelPass(n_sparse=native.n_sparse, n_valid=native.n_valid, moments=[])
+    if not variants:
         return _sparsity_only(kernels, threshold, strict, all_sparse, omit_nonfinite, chunk_bytes)
     n_rows, width = kernels.shape
     device = kernels.device
@@ -529,25 +536,6 @@ def kernel_pass(
     if first:
         _, _, weights = prepare(columns[:width, :first], kernels[:first])
         shifts = [_first_mean(columns[:width, :first], keep, factor) for keep, factor in weights]
-
-    native = _native.kernel_pass(
-        kernels,
-        threshold,
-        strict=strict,
-        all_sparse=all_sparse,
-        variants=variants,
-        shifts=shifts,
-        omit_nonfinite=omit_nonfinite,
-    )
-    if native is not None:
-        return KernelPass(
-            n_sparse=native.n_sparse,
-            n_valid=native.n_valid,
-            moments=[
-                Moments(count=count, total=total, outer=outer, shift=shift)
-                for (count, total, outer), shift in zip(native.moments, shifts)
-            ],
-        )
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         size = stop - start

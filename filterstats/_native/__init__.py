@@ -23,6 +23,7 @@ releases the GIL); the sums do not depend on the number of threads.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -194,11 +195,14 @@ def available() -> bool:
 
 
 def _executor(workers: int) -> Executor:
+    """A pool of at least ``workers`` threads (a new one after a fork)."""
     from concurrent.futures import ThreadPoolExecutor
 
     global _pool
     with _lock:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)
             _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, "filterstats"))
         return _pool[2]
 
@@ -211,11 +215,60 @@ class NativePass:
         n_sparse: ``()`` number of sparse kernels.
         n_valid: ``()`` number of kernels used.
         moments: Per variant ``(count (), total (K,), outer (K, K))``.
+        shifts: Per variant ``(K,)``, subtracted from each counted kernel before
+            ``total`` and ``outer`` were summed.
     """
 
     n_sparse: Tensor
     n_valid: Tensor
     moments: list[tuple[Tensor, Tensor, Tensor]]
+    shifts: list[Tensor]
+
+
+#: Layers of fewer blocks than this run on the calling thread alone: handing work to
+#: another thread costs more than it saves for them.
+_MIN_PARALLEL_BLOCKS = 16
+
+
+def _sums(library: ctypes.CDLL, kernels: Tensor, args: _PassArgs, n_variants: int) -> Tensor:
+    """One compiled pass over ``args.n`` kernels: the ``(stride,)`` float64 sums."""
+    n_rows, width = args.n, args.width
+    block = library.fs_block_size()
+    n_blocks = -(-n_rows // block)
+    stride = library.fs_stride(width, n_variants)
+    work_size = library.fs_work_size(width, n_variants)
+    partials = torch.empty(n_blocks, stride, dtype=torch.float64)
+    function = library.fs_pass_f32 if kernels.dtype == torch.float32 else library.fs_pass_f64
+    workers = min(torch.get_num_threads(), n_blocks // _MIN_PARALLEL_BLOCKS) or 1
+    bounds = [n_blocks * w // workers for w in range(workers + 1)]
+    works = [torch.empty(work_size, dtype=torch.float64) for _ in range(workers)]
+
+    def run(w: int) -> int:
+        return int(
+            function(
+                kernels.data_ptr(),
+                ctypes.byref(args),
+                bounds[w],
+                bounds[w + 1],
+                works[w].data_ptr(),
+                partials.data_ptr(),
+            )
+        )
+
+    # The calling thread takes the first share itself (no hand-off for it).
+    pool = _executor(workers - 1) if workers > 1 else None
+    others = [pool.submit(run, w) for w in range(1, workers)] if pool else []
+    codes = [run(0)] + [future.result() for future in others]
+    if any(codes):
+        raise RuntimeError(f"compiled kernel pass refused its arguments (codes {codes})")
+    out = torch.empty(stride, dtype=torch.float64)
+    library.fs_reduce(partials.data_ptr(), n_blocks, stride, out.data_ptr())
+    return out
+
+
+@functools.cache
+def _upper_indices(width: int) -> Tensor:
+    return torch.triu_indices(width, width)
 
 
 def kernel_pass(
@@ -225,10 +278,14 @@ def kernel_pass(
     strict: bool,
     all_sparse: Tensor,
     variants: Sequence[tuple[bool, bool]],
-    shifts: Sequence[Tensor],
+    shift_rows: int,
     omit_nonfinite: bool,
 ) -> NativePass | None:
     """The fused pass in compiled code, or ``None`` where it does not apply.
+
+    Each variant's moments are summed after subtracting its shift: the mean of its
+    counted rows among the first ``shift_rows`` kernels (0 if none, or if not finite),
+    as in the torch path; a first compiled pass over those kernels gives it.
 
     Args:
         kernels: ``(N, K)`` kernels as rows.
@@ -236,12 +293,13 @@ def kernel_pass(
         strict: Sparse means ``<`` instead of ``<=``.
         all_sparse: ``()`` bool, every kernel sparse.
         variants: ``(scale, drop_sparse)`` per moment set.
-        shifts: ``(K,)`` float64 shift per variant.
+        shift_rows: Kernels whose mean is the shift.
         omit_nonfinite: Leave out kernels holding NaN/inf.
 
     Returns:
-        A [`NativePass`][filterstats._native.NativePass], or ``None`` when the tensor's
-        device, dtype or width, or the platform, does not allow the compiled pass.
+        A [`NativePass`][filterstats._native.NativePass] (shifts in ``shifts``), or
+        ``None`` when the tensor's device, dtype or width, or the platform, does not
+        allow the compiled pass.
     """
     n_rows, width = kernels.shape
     if (
@@ -257,17 +315,14 @@ def kernel_pass(
     if library is None:
         return None
     f64 = torch.float64
+    n_variants = len(variants)
     threshold = threshold.to(f64).contiguous()
     all_sparse = all_sparse.to(torch.uint8).contiguous()
-    shift = (
-        torch.stack([s.to(f64) for s in shifts]).contiguous()
-        if shifts
-        else torch.zeros(1, dtype=f64)
-    )
+    shift = torch.zeros(max(n_variants, 1), width, dtype=f64)
     args = _PassArgs(
         n=n_rows,
         width=width,
-        n_variants=len(variants),
+        n_variants=n_variants,
         strict=int(strict),
         omit=int(omit_nonfinite),
         threshold=threshold.data_ptr(),
@@ -277,46 +332,24 @@ def kernel_pass(
     for v, (scale, drop) in enumerate(variants):
         args.scale[v] = int(scale)
         args.drop[v] = int(drop)
-    block = library.fs_block_size()
-    n_blocks = -(-n_rows // block)
-    stride = library.fs_stride(width, len(variants))
-    work_size = library.fs_work_size(width, len(variants))
-    partials = torch.empty(n_blocks, stride, dtype=f64)
-    function = library.fs_pass_f32 if kernels.dtype == torch.float32 else library.fs_pass_f64
-    workers = max(1, min(torch.get_num_threads(), n_blocks))
-    bounds = [n_blocks * w // workers for w in range(workers + 1)]
-    works = [torch.empty(work_size, dtype=f64) for _ in range(workers)]
-
-    def run(w: int) -> int:
-        return int(
-            function(
-                kernels.data_ptr(),
-                ctypes.byref(args),
-                bounds[w],
-                bounds[w + 1],
-                works[w].data_ptr(),
-                partials.data_ptr(),
-            )
-        )
-
-    if workers == 1:
-        codes = [run(0)]
-    else:
-        codes = list(_executor(workers).map(run, range(workers)))
-    if any(codes):
-        return None
-    out = torch.empty(stride, dtype=f64)
-    library.fs_reduce(partials.data_ptr(), n_blocks, stride, out.data_ptr())
-    upper = torch.triu_indices(width, width)
+    per_variant = 1 + width + width * (width + 1) // 2
+    if n_variants:
+        # The shifts: the same sums, unshifted, over the first shift_rows kernels.
+        args.n = min(shift_rows, n_rows)
+        first = _sums(library, kernels, args, n_variants)
+        for v in range(n_variants):
+            offset = 2 + v * per_variant
+            count = first[offset].clamp_min(1.0)
+            shift[v] = torch.nan_to_num(first[offset + 1 : offset + 1 + width] / count, 0, 0, 0)
+        args.n = n_rows
+    out = _sums(library, kernels, args, n_variants)
+    upper = _upper_indices(width)
     moments = []
-    offset = 2
-    for _ in variants:
-        count = out[offset]
-        total = out[offset + 1 : offset + 1 + width]
-        packed = out[offset + 1 + width : offset + 1 + width + upper.shape[1]]
+    for v in range(n_variants):
+        offset = 2 + v * per_variant
+        packed = out[offset + 1 + width : offset + per_variant]
         outer = torch.empty(width, width, dtype=f64)
         outer[upper[0], upper[1]] = packed
         outer[upper[1], upper[0]] = packed
-        moments.append((count.clone(), total.clone(), outer))
-        offset += 1 + width + upper.shape[1]
-    return NativePass(out[0].clone(), out[1].clone(), moments)
+        moments.append((out[offset].clone(), out[offset + 1 : offset + 1 + width].clone(), outer))
+    return NativePass(out[0].clone(), out[1].clone(), moments, list(shift[:n_variants]))
