@@ -7,9 +7,12 @@ Run from the repository root::
     python benchmarks/bench_metrics.py --device cuda    # when a GPU exists
 
 Everything runs in one process: per model, one warm-up round, then ``--repeats``
-interleaved rounds (filterstats paper, filterstats torchconvquality, the authors'
+interleaved rounds (filterstats paper, filterstats torchconvquality, filterstats paper
+with the compiled kernel pass switched off (``FILTERSTATS_NATIVE=0``, the torch path;
+only when the compiled pass is available), the authors'
 ``torchconvquality.measure_quality``, a plain float64 per-layer loop); the table shows
-medians. Each filterstats time includes ``extract_filters(model)``.
+medians. Each filterstats time includes ``extract_filters(model)`` (torch.fx tracing
+for the depth and for which convolutions forward calls), also timed on its own.
 
 Threads are fixed (``--threads``, default 2) and ``OMP_WAIT_POLICY=PASSIVE`` is set
 before torch is imported unless already set, so that idle OpenMP threads do not spin
@@ -61,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import architectures
 
 import filterstats as fs
-from filterstats import metrics
+from filterstats import _native, metrics
 
 FULL_MODELS = ("WRN-70-16", "WRN-28-10", "ResNet-50")
 QUICK_MODELS = ("small-cnn", "WRN-16-2")
@@ -206,10 +209,26 @@ def bench_model(
             return lambda: fs.measure(fs.extract_filters(model), definition=definition)
         return lambda: fs.measure(weights, definition=definition)
 
+    def torch_only(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            previous = os.environ.get(_native.ENV_SWITCH)
+            os.environ[_native.ENV_SWITCH] = "0"
+            try:
+                return fn()
+            finally:
+                if previous is None:
+                    del os.environ[_native.ENV_SWITCH]
+                else:
+                    os.environ[_native.ENV_SWITCH] = previous
+
+        return run
+
     methods: dict[str, Callable[[], Any]] = {
         "filterstats (paper)": ours("paper"),
         "filterstats (torchconvquality)": ours("torchconvquality"),
     }
+    if device.type == "cpu" and _native.available():
+        methods["filterstats (paper), torch path only"] = torch_only(ours("paper"))
     if with_reference:
         import torchconvquality
 
@@ -234,6 +253,7 @@ def bench_model(
     first = metrics._layer_pass(weights, 0.01, False, "propagate")
     variants = [(True, True), (False, False)]
     passes = {
+        "extract": _median_time(lambda: fs.extract_filters(model), device, repeats),
         "read": read_time(weights, device, repeats),
         "sparsity": _median_time(
             lambda: metrics._layer_pass(weights, 0.01, False, "propagate"), device, repeats
@@ -319,7 +339,13 @@ def main(argv: list[str] | None = None) -> None:
         f"threads {torch.get_num_threads()}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
         f"repeats {repeats} (median) after one warm-up round"
     )
-    print(f"measured fp32 matmul peak: {peak32 / 1e9:.1f} GFLOP/s ({peak_size}^3)\n")
+    print(f"measured fp32 matmul peak: {peak32 / 1e9:.1f} GFLOP/s ({peak_size}^3)")
+    compiled = device.type == "cpu" and _native.available()
+    print(
+        "compiled kernel pass: "
+        + ("yes" if compiled else "no (torch path; see docs/performance.md)")
+        + "\n"
+    )
 
     rows, pass_rows = [], []
     for name in models:
@@ -337,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         passes = result["passes"]
         pass_rows.append(
             f"| {name} | {result['weight_bytes'] / 2**20:.0f} MB | {floor:.3f} | "
+            f"{passes['extract']:.3f} | "
             f"{passes['read']:.3f} | {passes['sparsity']:.3f} "
             f"({passes['sparsity'] / passes['read']:.1f}x) | {passes['covariance']:.3f} "
             f"({passes['covariance'] / passes['read']:.1f}x) | {passes['gram']:.3f} "
@@ -349,10 +376,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|---:|---|")
     print("\n".join(rows))
     print(
-        "\n| model | weights | floor s | one read s | sparsity pass s (x read) "
+        "\n| model | weights | floor s | extract_filters s | one read s | sparsity pass s (x read) "
         "| fused sparsity + covariance pass s (x read) | Gram pass s (x its floor) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(pass_rows))
 
 
