@@ -13,7 +13,8 @@ returns one value per kernel in the weights' compute dtype.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "compute_dtype",
     "entropy_threshold",
     "finite_rows",
+    "ieee_float32_matmul",
     "kernel_maxabs",
     "kernel_moments",
     "kernel_moments_multi",
@@ -651,6 +653,42 @@ def entropy_threshold(n_kernels: Tensor) -> Tensor:
     return height / (1.0 + torch.exp(-steepness * (log_n - midpoint))) + offset
 
 
+@contextlib.contextmanager
+def ieee_float32_matmul(device: torch.device) -> Iterator[None]:
+    """Full-precision float32 matrix products on CUDA for the duration, then as before.
+
+    TensorFloat-32 (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the
+    older ``allow_tf32``) rounds the inputs of float32 products to 10 mantissa bits,
+    which moves the orthogonality by about 1e-3. The Gram products run inside this
+    context, which asks for IEEE float32 and restores the user's setting afterwards.
+    A no-op on other devices.
+
+    Args:
+        device: Where the products run.
+
+    Yields:
+        Nothing.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the one API to use
+        previous = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = previous
+    else:
+        allowed = matmul.allow_tf32
+        matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = allowed
+
+
 def _inverse_norms(rows: Tensor, row_mask: Tensor | None) -> Tensor:
     """1 / ||row|| in float64 (0 for zero or excluded rows), shape ``(..., n)``."""
     # In the rows' own dtype: dtype=float64 here would upcast a copy of the whole layer.
@@ -711,7 +749,6 @@ def offdiag_abs_gram_sum(
     Returns:
         0-d float64 tensor: :math:`\sum_{i \ne j} |\hat w_i \cdot \hat w_j|`.
     """
-    n_rows = filters.shape[0]
     dtype = compute_dtype(filters.dtype)
     rows = filters if filters.dtype == dtype else filters.to(dtype)
     if row_mask is not None:
@@ -719,24 +756,33 @@ def offdiag_abs_gram_sum(
         # this one layer, only under this policy).
         rows = torch.where(row_mask[:, None], rows, 0.0)
     inverse = _inverse_norms(rows, row_mask)
-    total = torch.zeros((), dtype=torch.float64, device=filters.device)
-    panel = max(block_rows, 1)
-    itemsize = torch.finfo(dtype).bits // 8
+    with ieee_float32_matmul(filters.device):
+        return _panel_sums(rows, inverse, max(block_rows, 1), chunk_bytes)
+
+
+def _panel_sums(rows: Tensor, inverse: Tensor, panel: int, chunk_bytes: int) -> Tensor:
+    """The panels of [`offdiag_abs_gram_sum`][filterstats.kernels.offdiag_abs_gram_sum]."""
+    n_rows = rows.shape[0]
+    total = torch.zeros((), dtype=torch.float64, device=rows.device)
+    itemsize = torch.finfo(rows.dtype).bits // 8
     for low in range(0, n_rows, panel):
         high = min(low + panel, n_rows)
         # Sub-panels keep the (rows, n - low) product within chunk_bytes.
         step = _rows_per_chunk(high - low, (n_rows - low) * (itemsize + 8), chunk_bytes)
         for start in range(low, high, step):
             stop = min(start + step, high)
-            gram = rows[start:stop] @ rows[start:].T
-            # Column j of row i is the pair (start + i, start + j): keep j > i only (the
-            # square [start, stop) also holds each of its pairs below the diagonal),
-            # and count each kept pair twice (|cos| is symmetric).
-            gram[:, : stop - start].triu_(diagonal=1)
-            gram.abs_()  # exact in the compute dtype
-            # sum_ij |g_ij| / (|w_i| |w_j|) as a float64 product with the inverse norms
-            weighted = torch.mv(gram.to(torch.float64), inverse[start:])
-            total += 2.0 * torch.dot(weighted, inverse[start:stop])
+            # Column j of row i is the pair (start + i, start + j), j >= i outside the
+            # square [start, stop); the square holds its pairs twice and the diagonal.
+            # With S = sum |cos| over the whole product, Q over the square and D its
+            # diagonal, each pair j > i once is S - (Q + D) / 2; ordered pairs, twice.
+            gram = (rows[start:stop] @ rows[start:].T).abs_()  # exact in its dtype
+            gram = gram.to(torch.float64)
+            row_inverse = inverse[start:stop]
+            whole = torch.dot(torch.mv(gram, inverse[start:]), row_inverse)
+            square = gram[:, : stop - start]
+            inside = torch.dot(torch.mv(square, row_inverse), row_inverse)
+            diagonal = torch.dot(torch.diagonal(square) * row_inverse, row_inverse)
+            total += 2.0 * whole - inside - diagonal
     return total
 
 
@@ -758,7 +804,8 @@ def offdiag_abs_gram_sum_batched(filters: Tensor, *, row_mask: Tensor | None = N
     if row_mask is not None:
         rows = torch.where(row_mask[:, :, None], rows, 0.0)
     inverse = _inverse_norms(rows, row_mask)
-    gram = torch.bmm(rows, rows.transpose(1, 2)).to(torch.float64)
+    with ieee_float32_matmul(filters.device):
+        gram = torch.bmm(rows, rows.transpose(1, 2)).to(torch.float64)
     gram *= inverse[:, :, None]
     gram *= inverse[:, None, :]
     gram.abs_()

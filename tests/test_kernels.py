@@ -234,3 +234,23 @@ def test_identical_and_proportional_kernels_give_exactly_zero_entropy():
     assert float(fs.diversity(identical)) == 0.0
     proportional = (torch.rand(64 * 32, 1) + 0.5) * kernel
     assert float(fs.diversity(proportional.reshape(64, 32, 3, 3))) == 0.0
+
+
+def test_ieee_float32_matmul_restores_the_users_setting():
+    """TF32 would move orthogonality by ~1e-3: Gram products ask for IEEE float32."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has no fp32_precision")
+    previous = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        with kernels.ieee_float32_matmul(torch.device("cuda")):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+        with pytest.raises(RuntimeError), kernels.ieee_float32_matmul(torch.device("cuda")):
+            raise RuntimeError("restored on errors too")
+        assert matmul.fp32_precision == "tf32"
+        with kernels.ieee_float32_matmul(torch.device("cpu")):
+            assert matmul.fp32_precision == "tf32"  # other devices: untouched
+    finally:
+        matmul.fp32_precision = previous
