@@ -40,6 +40,7 @@ __all__ = [
     "kernel_moments_multi",
     "kernel_pass",
     "layer_maxabs",
+    "native_pass_available",
     "offdiag_abs_gram_sum",
     "offdiag_abs_gram_sum_batched",
     "pair_count",
@@ -75,6 +76,21 @@ SHIFT_ROWS = 256
 #: (zero variance) shows a false entropy from float rounding; true eigenvalues this
 #: small change the entropy by less than 1e-8.
 EIGENVALUE_FLOOR = 1e-10
+
+
+def native_pass_available() -> bool:
+    """Whether the compiled fused kernel pass runs on CPU tensors here.
+
+    [`kernel_pass`][filterstats.kernels.kernel_pass] uses a small C loop, compiled on
+    first use with the system's C compiler and cached per user (see the Performance
+    page); without a compiler, on Windows, or with ``FILTERSTATS_NATIVE=0``, the torch
+    path computes the same values, several times slower. Calling this compiles the
+    loop if it is not cached yet (about a second).
+
+    Returns:
+        True when the compiled pass is built, loaded and switched on.
+    """
+    return _native.available()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
