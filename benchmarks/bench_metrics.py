@@ -11,7 +11,8 @@ interleaved rounds (filterstats paper, filterstats torchconvquality, filterstats
 with the compiled kernel pass switched off (``FILTERSTATS_NATIVE=0``, the torch path;
 only when the compiled pass is available), the authors'
 ``torchconvquality.measure_quality``, a plain float64 per-layer loop); the table shows
-medians. Each filterstats time includes ``extract_filters(model)`` (torch.fx tracing
+medians, and the speed-up against the authors' package is the median of the
+per-round ratios. Each filterstats time includes ``extract_filters(model)`` (torch.fx tracing
 for the depth and for which convolutions forward calls), also timed on its own.
 
 Threads are fixed (``--threads``, default 2) and ``OMP_WAIT_POLICY=PASSIVE`` is set
@@ -295,6 +296,14 @@ def bench_model(
         "weight_bytes": sum(w.numel() * w.element_size() for w in weights),
         "n_kernels": sum(w.shape[0] * w.shape[1] for w in weights),
         "times": {label: statistics.median(ts) for label, ts in times.items()},
+        # Speed-up per round (each round times every method back to back), then the
+        # median: steadier than a ratio of medians when the machine's speed drifts.
+        "speedups": {
+            label: statistics.median(r / t for r, t in zip(reference_times, ts))
+            for label, ts in times.items()
+        }
+        if (reference_times := times.get("torchconvquality.measure_quality"))
+        else {},
         "memory": memory,
         "agreement": agreement,
         "passes": passes,
@@ -308,7 +317,7 @@ def _megabytes(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=None, choices=sorted(architectures.MODELS))
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per model")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per model")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="small models, one round")
@@ -351,11 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in models:
         result = bench_model(name, device, repeats, with_reference=not args.no_reference)
         floor = half_gram_flops(result["weights"]) / peak32 + result["passes"]["read"]
-        reference = result["times"].get("torchconvquality.measure_quality")
         for label, seconds in result["times"].items():
+            speedup = result["speedups"].get(label)
             rows.append(
                 f"| {name} | {label} | {seconds:.3f} | "
-                + (f"{reference / seconds:.1f}x" if reference else "-")
+                + (f"{speedup:.1f}x" if speedup else "-")
                 + f" | {seconds / floor:.2f} | "
                 + f"{_megabytes(result['memory'].get(label))} | "
                 + f"{result['agreement'].get(label, '')} |"
