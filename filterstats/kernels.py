@@ -675,9 +675,9 @@ def ieee_float32_matmul(device: torch.device) -> Iterator[None]:
 
     TensorFloat-32 (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the
     older ``allow_tf32``) rounds the inputs of float32 products to 10 mantissa bits,
-    which moves the orthogonality by about 1e-3. The Gram products run inside this
-    context, which asks for IEEE float32 and restores the user's setting afterwards.
-    A no-op on other devices.
+    about 1e-3 relative per cosine. The Gram products run inside this context, which
+    asks for IEEE float32 and restores the user's setting afterwards. A no-op on
+    other devices.
 
     Args:
         device: Where the products run.
