@@ -22,7 +22,7 @@
  * order, and fs_reduce adds the blocks in order. The result therefore depends neither
  * on how blocks are shared among threads nor on the caller's chunks.
  *
- * Needs GCC >= 12 or Clang (vector extensions); -march=native makes the vectors
+ * Needs GCC or Clang (vector extensions); -march=native makes the vectors
  * AVX-512/AVX2 registers.
  */
 #include <math.h>
