@@ -239,3 +239,29 @@ def test_shared_writable_cache_is_not_used(monkeypatch, tmp_path):
     _fresh_state(monkeypatch, shared)
     assert _native.available()  # built elsewhere, privately
     assert not list(shared.glob("*.so"))
+
+
+@needs_compiler
+def test_damaged_cached_build_is_rebuilt(monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    built = cache / _native._build_name()
+    built.write_bytes(b"not a shared library")  # e.g. left by a full disk elsewhere
+    _fresh_state(monkeypatch, cache)
+    assert _native.available()
+    assert built.stat().st_size > 1000  # compiled again in its place
+
+
+@needs_compiler
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_private_temporary_build_leaves_nothing(monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    _fresh_state(monkeypatch, shared)
+    assert _native.available()
+    assert list(scratch.iterdir()) == []

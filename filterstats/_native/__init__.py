@@ -92,8 +92,8 @@ def _cpu_key() -> str:
     return "\n".join(parts)
 
 
-def _cache_dir() -> Path:
-    """A directory only this user can write to (a fresh private one otherwise)."""
+def _cache_dir() -> tuple[Path, bool]:
+    """A directory only this user can write to, and whether it is a fresh temporary one."""
     import tempfile
 
     configured = os.environ.get(ENV_CACHE_DIR)
@@ -107,11 +107,11 @@ def _cache_dir() -> Path:
         info = base.stat()
         owned = not hasattr(os, "getuid") or info.st_uid == os.getuid()
         if owned and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return base
+            return base, False
         logger.debug("%s is writable by others; compiling into a private directory", base)
     except OSError as error:
         logger.debug("cache directory %s unusable (%s)", base, error)
-    return Path(tempfile.mkdtemp(prefix="filterstats-"))
+    return Path(tempfile.mkdtemp(prefix="filterstats-")), True
 
 
 def _compile(target: Path) -> None:
@@ -135,17 +135,33 @@ def _compile(target: Path) -> None:
     raise RuntimeError(f"{compiler} failed: {errors[-1][:500]}")
 
 
-def _load() -> ctypes.CDLL:
+def _build_name() -> str:
+    """The cached build's file name: a key of the source, the flags and the CPU."""
     import hashlib
 
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(
         b"\0".join([source, " ".join(_FLAGS).encode(), _cpu_key().encode()])
     ).hexdigest()[:20]
-    target = _cache_dir() / f"kernel_pass-{key}.so"
-    if not target.exists():
-        _compile(target)
-    library = ctypes.CDLL(str(target))
+    return f"kernel_pass-{key}.so"
+
+
+def _load() -> ctypes.CDLL:
+    directory, temporary = _cache_dir()
+    target = directory / _build_name()
+    try:
+        if not target.exists():
+            _compile(target)
+        try:
+            library = ctypes.CDLL(str(target))
+        except OSError:  # a damaged cached build: build it again, once
+            _compile(target)
+            library = ctypes.CDLL(str(target))
+    finally:
+        if temporary:  # a loaded library needs no file; leave nothing behind
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
     for name in ("fs_pass_f32", "fs_pass_f64"):
         function = getattr(library, name)
         function.restype = ctypes.c_int
