@@ -118,7 +118,8 @@ def _compile(target: Path) -> None:
     import subprocess
 
     compiler = os.environ.get("CC", "cc")
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # Unique per host and process: cluster nodes may share the cache directory.
+    temporary = target.with_name(f".{target.name}.{platform.node()}.{os.getpid()}.tmp")
     errors = []
     # -march=native where the compiler knows it; plain -O3 otherwise.
     for extra in (("-march=native",), ()):
