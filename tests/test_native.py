@@ -265,3 +265,28 @@ def test_private_temporary_build_leaves_nothing(monkeypatch, tmp_path):
     _fresh_state(monkeypatch, shared)
     assert _native.available()
     assert list(scratch.iterdir()) == []
+
+
+@needs_compiler
+def test_threads_follow_the_callers_flush_denormal_mode(monkeypatch):
+    """Blocks summed on other threads see the caller's floating-point environment."""
+    generator = torch.Generator().manual_seed(8)
+    # Products near 1e-310 are denormal (flushed to zero in flush mode); every 100th
+    # kernel's near 1e-307 are not: the sums differ where a thread flushes and another
+    # does not.
+    rows = torch.randn(40_000, 9, generator=generator, dtype=torch.float64) * 1e-155
+    rows[::100] *= 30.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    run_pass(monkeypatch, rows, [(False, False)], native=True)  # worker threads exist now
+    if not torch.set_flush_denormal(True):
+        pytest.skip("no flush-to-zero mode on this CPU")
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(run_pass(monkeypatch, rows, [(False, False)], native=True))
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+    assert_same_pass(results[1], results[0], tolerance=0.0)

@@ -173,10 +173,13 @@ def _load() -> ctypes.CDLL:
             ctypes.c_int64,
             ctypes.c_void_p,
             ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
+    library.fs_fenv_get.restype = None
+    library.fs_fenv_get.argtypes = [ctypes.c_void_p]
     library.fs_reduce.restype = None
     library.fs_reduce.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    for name in ("fs_block_size", "fs_stride", "fs_work_size"):
+    for name in ("fs_block_size", "fs_stride", "fs_work_size", "fs_fenv_size"):
         getattr(library, name).restype = ctypes.c_int64
     library.fs_stride.argtypes = [ctypes.c_int64, ctypes.c_int64]
     library.fs_work_size.argtypes = [ctypes.c_int64, ctypes.c_int64]
@@ -259,6 +262,10 @@ def _sums(library: ctypes.CDLL, kernels: Tensor, args: _PassArgs, n_variants: in
     workers = min(torch.get_num_threads(), n_blocks // _MIN_PARALLEL_BLOCKS) or 1
     bounds = [n_blocks * w // workers for w in range(workers + 1)]
     works = [torch.empty(work_size, dtype=torch.float64) for _ in range(workers)]
+    # Every thread computes in the caller's floating-point environment (e.g. flush to
+    # zero after torch.set_flush_denormal(True)).
+    caller_fenv = ctypes.create_string_buffer(library.fs_fenv_size())
+    library.fs_fenv_get(caller_fenv)
 
     def run(w: int) -> int:
         return int(
@@ -269,6 +276,7 @@ def _sums(library: ctypes.CDLL, kernels: Tensor, args: _PassArgs, n_variants: in
                 bounds[w + 1],
                 works[w].data_ptr(),
                 partials.data_ptr(),
+                caller_fenv,
             )
         )
 

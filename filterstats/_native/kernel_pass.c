@@ -25,6 +25,7 @@
  * Needs GCC or Clang (vector extensions); -march=native makes the vectors
  * AVX-512/AVX2 registers.
  */
+#include <fenv.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -261,12 +262,21 @@ FS_DEFINE_BLOCK(fs_block9_f32, float, 9)
 FS_DEFINE_BLOCK(fs_block9_f64, double, 9)
 
 /* Blocks [first, last) of the layer: each writes its row of partials. */
+/* The floating-point environment (rounding, and on x86 the flush-to-zero and
+ * denormals-are-zero bits) is per thread: every thread runs in the caller's, so the
+ * result does not depend on which thread sums which block. */
+int64_t fs_fenv_size(void) { return (int64_t)sizeof(fenv_t); }
+void fs_fenv_get(void *out) { fegetenv((fenv_t *)out); }
+
 #define FS_DEFINE_PASS(NAME, BLOCK, BLOCK9, T)                                           \
     int NAME(const T *kernels, const fs_pass_args *a, int64_t first, int64_t last,      \
-             double *work, double *partials) {                                          \
+             double *work, double *partials, const void *caller_fenv) {                 \
         if (a->width < 1 || a->width > FS_MAX_WIDTH || a->n_variants < 0 ||             \
             a->n_variants > FS_MAX_VARIANTS)                                            \
             return 1;                                                                   \
+        fenv_t own;                                                                     \
+        fegetenv(&own);                                                                 \
+        fesetenv((const fenv_t *)caller_fenv);                                          \
         const int64_t stride = fs_stride(a->width, a->n_variants);                      \
         for (int64_t b = first; b < last; ++b) {                                        \
             const int64_t start = b * FS_BLOCK;                                         \
@@ -276,6 +286,7 @@ FS_DEFINE_BLOCK(fs_block9_f64, double, 9)
             else                                                                        \
                 BLOCK(kernels, a, start, stop, work, partials + b * stride);            \
         }                                                                               \
+        fesetenv(&own);                                                                 \
         return 0;                                                                       \
     }
 
