@@ -290,3 +290,28 @@ def test_threads_follow_the_callers_flush_denormal_mode(monkeypatch):
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
     assert_same_pass(results[1], results[0], tolerance=0.0)
+
+
+@needs_compiler
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell script as compiler")
+def test_compiler_without_march_native_and_with_arguments(monkeypatch, tmp_path):
+    """$CC may carry arguments; a compiler refusing -march=native gets plain -O3."""
+    calls = tmp_path / "calls.txt"
+    wrapper = tmp_path / "picky-cc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{calls}"\n'
+        'case "$*" in *-march=native*) echo "unknown option -march=native" >&2; exit 1;; esac\n'
+        'exec "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    _fresh_state(monkeypatch, tmp_path / "cache")
+    monkeypatch.setenv("CC", f"{wrapper} cc")  # the wrapper runs "cc ..."
+    assert _native.available()
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2
+    assert "-march=native" in lines[0]
+    assert "-march=native" not in lines[1]
+    rows = layer(3000, 9, seed=9)
+    native = run_pass(monkeypatch, rows, VARIANT_SETS[1], native=True)
+    assert_same_pass(native, run_pass(monkeypatch, rows, VARIANT_SETS[1], native=False))

@@ -115,25 +115,26 @@ def _cache_dir() -> tuple[Path, bool]:
 
 
 def _compile(target: Path) -> None:
+    import shlex
     import subprocess
 
-    compiler = os.environ.get("CC", "cc")
+    compiler = shlex.split(os.environ.get("CC") or "cc")  # e.g. "ccache gcc"
     # Unique per host and process: cluster nodes may share the cache directory.
     temporary = target.with_name(f".{target.name}.{platform.node()}.{os.getpid()}.tmp")
     errors = []
     # -march=native where the compiler knows it; plain -O3 otherwise.
     for extra in (("-march=native",), ()):
-        command = [compiler, *_FLAGS, *extra, "-o", str(temporary), str(_SOURCE), "-lm"]
+        command = [*compiler, *_FLAGS, *extra, "-o", str(temporary), str(_SOURCE), "-lm"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as error:
-            raise RuntimeError(f"{compiler}: {error}") from error
+            raise RuntimeError(f"{shlex.join(compiler)}: {error}") from error
         if done.returncode == 0:
             temporary.replace(target)  # atomic: concurrent processes never see half
             return
         errors.append(done.stderr.strip())
     temporary.unlink(missing_ok=True)
-    raise RuntimeError(f"{compiler} failed: {errors[-1][:500]}")
+    raise RuntimeError(f"{shlex.join(compiler)} failed: {errors[-1][:500]}")
 
 
 def _build_name() -> str:
