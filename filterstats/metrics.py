@@ -403,6 +403,7 @@ def _warn_degenerate(
 ) -> None:
     if not names:
         return
+    verb = "are" if " and " in metric else "is"
     # One host transfer for the whole set.
     dead = (first.layer_max == 0).tolist()
     no_finite = (first.n_valid == 0).tolist()
@@ -410,13 +411,13 @@ def _warn_degenerate(
         if empty:
             warnings.warn(
                 f"layer {name!r} has no finite weights left after nan_policy='omit': "
-                f"{metric} is NaN.",
+                f"{metric} {verb} NaN.",
                 FilterStatsWarning,
                 stacklevel=3,
             )
         elif is_dead:
             warnings.warn(
-                f"layer {name!r} is all zeros: sparsity is 1 and {metric} is NaN.",
+                f"layer {name!r} is all zeros: sparsity is 1 and {metric} {verb} NaN.",
                 FilterStatsWarning,
                 stacklevel=3,
             )
