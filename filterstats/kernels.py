@@ -452,6 +452,11 @@ def kernel_pass(
     when ``scale``, sparse kernels left out when ``drop_sparse``. Nothing per kernel is
     kept beyond the chunk.
 
+    On CPU, contiguous float32/float64 kernels go through the compiled loop of
+    ``filterstats/_native`` when it is available ([`native_pass_available`][]): the
+    same per-kernel operations, summed in registers (see the Performance page). The
+    torch path, used otherwise, works as follows.
+
     Each chunk is converted once, exactly, into a transposed float64 ``(K, rows)``
     buffer; its column extrema give the per-kernel maxima. Each variant is then one
     row weight :math:`w_i` (``1 / max|f_i|`` or 1, times the 0/1 kept mask
@@ -713,29 +718,6 @@ def _inverse_norms(rows: Tensor, row_mask: Tensor | None) -> Tensor:
     if row_mask is not None:
         usable = usable & row_mask
     return torch.where(usable, 1.0 / torch.where(usable, norms, 1.0), 0.0)
-
-
-def _abs_cosine_sum(
-    rows: Tensor,
-    inverse: Tensor,
-    row_range: tuple[int, int],
-    col_range: tuple[int, int],
-    chunk_bytes: int,
-) -> Tensor:
-    """Sum of |cos| over one rectangular block of the Gram matrix, in row chunks."""
-    (r0, r1), (c0, c1) = row_range, col_range
-    columns = rows[c0:c1]
-    itemsize = torch.finfo(rows.dtype).bits // 8
-    # A chunk holds (rows, columns) products in the compute dtype plus a float64 copy.
-    step = _rows_per_chunk(r1 - r0, (c1 - c0) * (itemsize + 8), chunk_bytes)
-    total = torch.zeros((), dtype=torch.float64, device=rows.device)
-    for start in range(r0, r1, step):
-        stop = min(start + step, r1)
-        gram = (rows[start:stop] @ columns.T).to(torch.float64)
-        gram *= inverse[start:stop, None]
-        gram *= inverse[None, c0:c1]
-        total += gram.abs_().sum()
-    return total
 
 
 def offdiag_abs_gram_sum(
