@@ -12,8 +12,8 @@ with the compiled kernel pass switched off (``FILTERSTATS_NATIVE=0``, the torch 
 only when the compiled pass is available), the authors'
 ``torchconvquality.measure_quality``, a plain float64 per-layer loop); the table shows
 medians, and the speed-up against the authors' package is the median of the
-per-round ratios. Each filterstats time includes ``extract_filters(model)`` (torch.fx tracing
-for the depth and for which convolutions forward calls), also timed on its own.
+per-round ratios. Each filterstats time includes ``extract_filters(model)`` (torch.fx
+tracing for the depth and for which convolutions forward calls), also timed on its own.
 
 Threads are fixed (``--threads``, default 2) and ``OMP_WAIT_POLICY=PASSIVE`` is set
 before torch is imported unless already set, so that idle OpenMP threads do not spin
@@ -65,10 +65,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import architectures
 
 import filterstats as fs
-from filterstats import _native, metrics
+from filterstats import metrics
 
 FULL_MODELS = ("WRN-70-16", "WRN-28-10", "ResNet-50")
 QUICK_MODELS = ("small-cnn", "WRN-16-2")
+#: Set to "0", filterstats computes the fused pass in torch instead of compiled code.
+NATIVE_SWITCH = "FILTERSTATS_NATIVE"
 
 
 # ------------------------------------------------------------------------ timing
@@ -212,15 +214,15 @@ def bench_model(
 
     def torch_only(fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
-            previous = os.environ.get(_native.ENV_SWITCH)
-            os.environ[_native.ENV_SWITCH] = "0"
+            previous = os.environ.get(NATIVE_SWITCH)
+            os.environ[NATIVE_SWITCH] = "0"
             try:
                 return fn()
             finally:
                 if previous is None:
-                    del os.environ[_native.ENV_SWITCH]
+                    del os.environ[NATIVE_SWITCH]
                 else:
-                    os.environ[_native.ENV_SWITCH] = previous
+                    os.environ[NATIVE_SWITCH] = previous
 
         return run
 
@@ -228,7 +230,7 @@ def bench_model(
         "filterstats (paper)": ours("paper"),
         "filterstats (torchconvquality)": ours("torchconvquality"),
     }
-    if device.type == "cpu" and _native.available():
+    if device.type == "cpu" and fs.kernels.native_pass_available():
         methods["filterstats (paper), torch path only"] = torch_only(ours("paper"))
     if with_reference:
         import torchconvquality
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         f"repeats {repeats} (median) after one warm-up round"
     )
     print(f"measured fp32 matmul peak: {peak32 / 1e9:.1f} GFLOP/s ({peak_size}^3)")
-    compiled = device.type == "cpu" and _native.available()
+    compiled = device.type == "cpu" and fs.kernels.native_pass_available()
     print(
         "compiled kernel pass: "
         + ("yes" if compiled else "no (torch path; see docs/performance.md)")
