@@ -82,7 +82,12 @@ def _device(text: str) -> str:
     return text
 
 
-def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
+def add_metric_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--kernel-size``, ``--eps`` and ``--definition`` (shared with ``scan``).
+
+    Args:
+        parser: The sub-command's parser.
+    """
     parser.add_argument(
         "--kernel-size",
         type=_kernel_size,
@@ -99,6 +104,10 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="metric definitions: the paper's code (default) or the authors' package",
     )
+
+
+def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
+    add_metric_options(parser)
     parser.add_argument(
         "--device", type=_device, default=None, help="compute device, e.g. cuda (default: cpu)"
     )

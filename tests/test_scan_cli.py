@@ -57,6 +57,7 @@ def test_cli_shard_limit_and_options(tmp_path):
         (["--shard", "2/2"], "shard"),
         (["--executor", "nope"], "invalid choice"),
         (["--kernel-size", "3y3"], "kernel size"),
+        (["--kernel-size", "0"], "kernel size must be positive"),
     ],
 )
 def test_cli_user_errors_are_one_line(tmp_path, capsys, extra, message):
@@ -99,3 +100,17 @@ def test_cli_runs_as_filterstats_scan(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert f"ok      {specs[0]}" in result.stderr
+
+
+def test_cli_kernel_size_means_what_it_means_for_analyze():
+    """``--kernel-size 3`` is 3x3 for scan as for analyze (it once parsed as (3,))."""
+    import argparse
+
+    from filterstats.scanning import cli as scan_cli
+
+    parser = argparse.ArgumentParser()
+    scan_cli.add_parser(parser.add_subparsers())
+    base = ["scan", "specs.txt", "--store", "s"]
+    assert parser.parse_args([*base, "--kernel-size", "3"]).kernel_size == (3, 3)
+    assert parser.parse_args([*base, "--kernel-size", "1x3"]).kernel_size == (1, 3)
+    assert parser.parse_args([*base, "--kernel-size", "all"]).kernel_size is None

@@ -13,18 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from filterstats.cli import add_metric_options
+
 __all__ = ["add_parser", "main", "run"]
-
-
-def _kernel_size(text: str) -> tuple[int, ...] | None:
-    if text == "all":
-        return None
-    try:
-        return tuple(int(k) for k in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a kernel size such as 3x3 or 'all', got {text!r}"
-        ) from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -72,15 +63,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--raw-filters", action="store_true", help="also store every kernel with its layer metadata"
     )
     parser.add_argument("--raw-dtype", choices=("float16", "float32"), default="float16")
-    parser.add_argument(
-        "--kernel-size",
-        type=_kernel_size,
-        default=(3, 3),
-        metavar="KxK",
-        help="kernel size to measure, or 'all' (default 3x3)",
-    )
-    parser.add_argument("--eps", type=float, default=0.01, help="sparsity threshold")
-    parser.add_argument("--definition", choices=("paper", "torchconvquality"), default="paper")
+    add_metric_options(parser)  # the same --kernel-size, --eps, --definition as analyze
     parser.add_argument(
         "--fingerprint",
         choices=("stat", "sha256"),
