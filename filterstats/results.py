@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 
 __all__ = ["SCHEMA_VERSION", "AnalysisParams", "FilterReport", "LayerRow", "read_report"]
@@ -214,7 +215,7 @@ class FilterReport(Sequence[LayerRow]):
             writer.writerow({k: _csv_value(v) for k, v in record.items()})
         text = buffer.getvalue()
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(path, text)
         return text
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -234,7 +235,7 @@ class FilterReport(Sequence[LayerRow]):
         }
         text = json.dumps(payload, indent=1, allow_nan=False)
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(path, text)
         return text
 
     def to_parquet(self, path: str | os.PathLike[str]) -> None:
@@ -249,10 +250,8 @@ class FilterReport(Sequence[LayerRow]):
         table = pa.table(columns, schema=_arrow_schema(pa))
         meta = {b"filterstats": json.dumps(asdict(self.params)).encode()}
         table = table.replace_schema_metadata(meta)
-        target = Path(path)
-        temporary = target.with_name(f".{target.name}.tmp")
-        pq.write_table(table, temporary)
-        temporary.replace(target)
+        with atomic_target(path) as temporary:
+            pq.write_table(table, temporary)
 
     # ---------------------------------------------------------------- display
     def __repr__(self) -> str:
@@ -411,9 +410,3 @@ def read_report(path: str | os.PathLike[str]) -> FilterReport:
             raise ValueError(f"{target} is not a filterstats Parquet file (no metadata)")
         return FilterReport(_rows_from(table.to_pylist()), _params_from(json.loads(meta)))
     raise ValueError(f"unknown table format {suffix!r} for {target}: use .csv, .json or .parquet")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
