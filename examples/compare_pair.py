@@ -33,10 +33,10 @@ def main(out: Path) -> None:
     # 2. Compare them: same architecture, so layers are matched by name; a - b.
     comparison = fs.compare(robust, normal, labels=("robust", "normal"))
     print(comparison)
-    comparison.summary().to_pandas().to_csv(out / "summary.csv", index=False)
+    comparison.summary().to_csv(out / "summary.csv")
     by_depth = comparison.by_depth(bins=4)  # 5 layers: the first, then quarters of depth
     print(by_depth)
-    by_depth.to_pandas().to_csv(out / "by_depth.csv", index=False)
+    by_depth.to_csv(out / "by_depth.csv")
 
     # 3. Metrics over depth for both models, then everything in one HTML page.
     figure = comparison.plot()

@@ -1,11 +1,17 @@
-"""Shared behaviour of the frozen result tables: a sequence of rows, records, pandas."""
+"""Shared behaviour of the frozen result tables: a sequence of rows, records, CSV, JSON, pandas."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, fields
 from typing import Any
 
+from filterstats._files import atomic_write_text
 from filterstats._optional import require
 
 __all__ = ["RowTable"]
@@ -35,6 +41,48 @@ class RowTable:
         """
         return [asdict(row) for row in self.rows]
 
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write (or return) the rows as CSV, one header line; no pandas needed.
+
+        NaN is written as ``nan`` and ``None`` as an empty field, as in
+        [`FilterReport.to_csv`][filterstats.FilterReport.to_csv].
+
+        Args:
+            path: File to write (atomically); ``None`` returns the text only.
+
+        Returns:
+            The CSV text.
+        """
+        buffer = io.StringIO()
+        writer = csv.DictWriter(
+            buffer, fieldnames=[f.name for f in fields(self._row_type)], lineterminator="\n"
+        )
+        writer.writeheader()
+        for record in self.to_records():
+            writer.writerow({key: _csv_value(value) for key, value in record.items()})
+        text = buffer.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write (or return) the rows as a JSON list of records; NaN becomes ``null``.
+
+        Args:
+            path: File to write (atomically); ``None`` returns the text only.
+
+        Returns:
+            The JSON text.
+        """
+        records = [
+            {key: _json_value(value) for key, value in record.items()}
+            for record in self.to_records()
+        ]
+        text = json.dumps(records, indent=1, allow_nan=False)
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
     def to_pandas(self) -> Any:
         """Rows as a pandas DataFrame (needs ``filterstats[pandas]``).
 
@@ -43,3 +91,17 @@ class RowTable:
         """
         pd = require("pandas", extra="pandas")
         return pd.DataFrame(self.to_records(), columns=[f.name for f in fields(self._row_type)])
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or inf (pandas writes null too)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    return value

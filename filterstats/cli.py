@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from filterstats._files import atomic_write_text
+
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
@@ -264,9 +266,7 @@ def _write_report(report: Any, fmt: str, out: Path | None) -> None:
 def _atomic_text(path: Path, text: str) -> None:
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file name")
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    atomic_write_text(path, text)
 
 
 def _analysis_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,18 +310,16 @@ def _run_compare(args: argparse.Namespace) -> int:
         _write_report(both, "csv", staging / "layers.csv")
         if args.format in ("json", "parquet"):
             _write_report(both, args.format, staging / f"layers.{args.format}")
-        summary_frame = summary.to_pandas() if hasattr(summary, "to_pandas") else None
-        if summary_frame is not None:
-            summary_frame.to_csv(staging / "summary.csv", index=False)
+        summary.to_csv(staging / "summary.csv")
         fs.report(comparison, staging / "report.html")
+        written = sorted(path.name for path in staging.iterdir())
     _emit(repr(summary))
-    _emit(f"wrote {args.out}/layers.csv, summary.csv and report.html")
+    _emit(f"wrote {args.out}/: {', '.join(written)}")
     return 0
 
 
 def _summary_text(summary: Any, fmt: str) -> str:
-    frame = summary.to_pandas()
-    return str(frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records"))
+    return str(summary.to_csv() if fmt == "csv" else summary.to_json())
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -341,10 +339,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     _emit(repr(summary))
     with _OutputDirectory(args.out) as staging:
         fs.FilterReport.concat(robust + normal).to_csv(staging / "layers.csv")
-        summary.to_pandas().to_csv(staging / "summary.csv", index=False)
+        summary.to_csv(staging / "summary.csv")
         _save_figures(comparison, staging)
         fs.report(comparison, staging / "report.html")
-    _emit(f"\nwrote {args.out}/: layers.csv, summary.csv, metrics_by_depth.png, report.html")
+        written = sorted(path.name for path in staging.iterdir())
+    _emit(f"\nwrote {args.out}/: {', '.join(written)}")
     return 0
 
 

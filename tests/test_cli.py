@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +54,58 @@ def test_demo_writes_table_summary_and_report(tmp_path):
     report = fs.read_report(tmp_path / "out" / "layers.csv")
     assert len(report.models) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing else written
+
+
+#: Run ``filterstats`` as if only the core dependencies were installed.
+BLOCK_EXTRAS = (
+    "import sys\n"
+    "for name in ('pandas', 'pyarrow', 'matplotlib', 'tqdm'): sys.modules[name] = None\n"
+    "from filterstats.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def run_core_only(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_EXTRAS, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_demo_runs_with_the_core_dependencies_only(tmp_path):
+    result = run_core_only("demo", "--out", "out", "--seed", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'filterstats[plot]'" in result.stderr  # says what is missing
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["layers.csv", "report.html", "summary.csv"]  # no figure without matplotlib
+    assert f"wrote out/: {', '.join(files)}" in result.stdout  # names only what it wrote
+    header = (tmp_path / "out" / "summary.csv").read_text().splitlines()[0]
+    assert header.startswith("metric,n_pairs,n_units,mean_a,mean_b,mean_diff")
+
+
+def test_compare_summary_formats_with_the_core_dependencies_only(tmp_path):
+    small_checkpoint(tmp_path / "a.pt", 0)
+    small_checkpoint(tmp_path / "b.pt", 1)
+    as_json = run_core_only("compare", "a.pt", "b.pt", "--format", "json", cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    records = json.loads(as_json.stdout)
+    assert [r["metric"] for r in records][:3] == ["sparsity", "diversity", "orthogonality"]
+    as_csv = run_core_only("compare", "a.pt", "b.pt", "--format", "csv", cwd=tmp_path)
+    assert as_csv.returncode == 0, as_csv.stderr
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["metric"] for r in rows] == [r["metric"] for r in records]
+    written = run_core_only("compare", "a.pt", "b.pt", "--out", "cmp", cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [
+        "layers.csv",
+        "report.html",
+        "summary.csv",
+    ]
 
 
 def test_analyze_checkpoint_formats_round_trip(tmp_path):
