@@ -188,6 +188,74 @@ def test_a_task_cancelled_on_slurm_is_a_failure_and_a_rerun_completes_it(local_s
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
+def test_without_job_accounting_a_cancelled_task_is_a_failure_not_a_hang(
+    local_store, tmp_path, monkeypatch
+):
+    """Clusters without accounting: `sacct` fails, so only `squeue` can tell a task died."""
+    pytest.importorskip("submitit")
+    skip_unless_this_machine_is_an_idle_slurm_node()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text(
+        "#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n"
+    )
+    (fake / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    specs, local, expected = local_store
+    stalled = next(spec for spec in specs if spec.endswith("model_2.pt"))
+    marker = Path(stalled + ".slurm-task")
+    marker.unlink(missing_ok=True)
+    cancelled = []
+
+    def cancel_the_stalled_task():
+        for _ in range(240):
+            if marker.exists() and marker.read_text():
+                task = marker.read_text()
+                subprocess.run(["scancel", task], timeout=20, check=True)
+                cancelled.append(task)
+                return
+            time.sleep(0.5)
+
+    canceller = threading.Thread(target=cancel_the_stalled_task, daemon=True)
+    canceller.start()
+    options = {
+        "folder": tmp_path / "logs",
+        "cluster": "slurm",
+        "poll_seconds": 0.5,
+        "time_min": 5,
+        "lost_after_s": 3,
+    }
+    results = []
+
+    def run_scan():
+        results.append(
+            scan(
+                specs,
+                tmp_path / "store",
+                executor="slurm",
+                executor_options=options,
+                loader=stalling_loader,
+                progress=False,
+            )
+        )
+
+    scanner = threading.Thread(target=run_scan, daemon=True)
+    scanner.start()
+    scanner.join(timeout=300)  # the stalled task sleeps 120 s, its time limit is 5 min
+    canceller.join(timeout=5)
+    marker.unlink(missing_ok=True)
+    assert cancelled, "the stalled task never reported its Slurm id"
+    assert not scanner.is_alive(), "the scan still waits for a task Slurm no longer has"
+    (summary,) = results
+    assert set(summary.failed) == {*expected.failed, stalled}
+    assert f"Slurm task {cancelled[0]} left the queue without a result" in summary.failed[stalled]
+    rerun = scan(specs, tmp_path / "store", workers=1, progress=False)
+    assert list(rerun.succeeded) == [stalled]
+    assert_same_store(tmp_path / "store", local)
+
+
+@pytest.mark.slow
 def test_ray_executor_on_a_local_instance_gives_the_same_store(local_store, tmp_path):
     ray = pytest.importorskip("ray")
     specs, local, expected = local_store

@@ -20,7 +20,9 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -143,6 +145,11 @@ class SlurmExecutor(Executor):
         array_parallelism: Most array tasks running at once.
         max_requeue: Requeues after a timeout (preempted tasks are always requeued).
         poll_seconds: How often to check the jobs.
+        lost_after_s: On clusters without job accounting (``sacct`` fails), Slurm
+            reports no state for a task that ended without a result (killed, out of
+            memory, cancelled); such a task is recorded as failed once it has been
+            missing from ``squeue`` for this many seconds (the grace covers result
+            files that a shared file system shows late).
         **options: Any other ``submitit`` parameter, passed through
             (e.g. ``slurm_account="lab"``, ``slurm_qos="low"``,
             ``slurm_additional_parameters={...}``).
@@ -161,6 +168,7 @@ class SlurmExecutor(Executor):
         array_parallelism: int = 64,
         max_requeue: int = 3,
         poll_seconds: float = 10.0,
+        lost_after_s: float = 120.0,
         **options: Any,
     ) -> None:
         if cluster not in (None, "slurm", "local", "debug"):
@@ -170,6 +178,7 @@ class SlurmExecutor(Executor):
         self.folder = Path(folder)
         self.cluster = cluster
         self.poll_seconds = poll_seconds
+        self.lost_after_s = lost_after_s
         self.max_requeue = max_requeue
         self.parameters: dict[str, Any] = {
             "timeout_min": time_min,
@@ -201,13 +210,19 @@ class SlurmExecutor(Executor):
         jobs = executor.map_array(RequeueableTask(fn), list(items))
         logger.info("submitted %d array tasks (%s)", len(jobs), jobs[0].job_id.split("_")[0])
         by_job = {id(job): item for job, item in zip(jobs, items)}
-        finished = (
-            iter(jobs)
-            if executor.cluster == "debug"  # debug jobs run when their result is asked for
-            else submitit.helpers.as_completed(jobs, poll_frequency=self.poll_seconds)
-        )
+        finished: Iterator[tuple[Any, str | None]]
+        if executor.cluster == "debug":  # debug jobs run when their result is asked for
+            finished = ((job, None) for job in jobs)
+        elif executor.cluster == "slurm":
+            finished = self._finished_slurm_jobs(jobs)
+        else:
+            completed = submitit.helpers.as_completed(jobs, poll_frequency=self.poll_seconds)
+            finished = ((job, None) for job in completed)
         try:
-            for job in finished:
+            for job, lost in finished:
+                if lost is not None:
+                    yield Lost(by_job[id(job)], lost)
+                    continue
                 try:
                     yield job.result()
                 except Exception as error:  # failed, cancelled or timed out for good
@@ -220,6 +235,65 @@ class SlurmExecutor(Executor):
                 if not job.done():
                     job.cancel(check=False)
             raise
+
+    def _finished_slurm_jobs(self, jobs: Sequence[Any]) -> Iterator[tuple[Any, str | None]]:
+        """Jobs as they finish (``(job, None)``), or ``(job, why)`` for one Slurm lost.
+
+        As ``submitit.helpers.as_completed``, which learns that a task ended without a
+        result only from ``sacct``: without job accounting such a task stays
+        ``UNKNOWN`` and would be waited for forever. A task whose state is unknown and
+        that has been missing from ``squeue`` for ``lost_after_s`` is reported lost.
+        """
+        pending = list(jobs)
+        missing_since: dict[str, float] = {}
+        while pending:
+            waiting = []
+            for job in pending:
+                if job.done():
+                    yield job, None
+                else:
+                    waiting.append(job)
+            unknown = [job for job in waiting if job.state.upper() == "UNKNOWN"]
+            queued = _queued_array_tasks(unknown[0].job_id.split("_")[0]) if unknown else None
+            if queued is not None:
+                now = time.monotonic()
+                for job in unknown:
+                    if job.job_id in queued:
+                        missing_since.pop(job.job_id, None)
+                        continue
+                    since = missing_since.setdefault(job.job_id, now)
+                    if now - since >= self.lost_after_s:
+                        waiting.remove(job)
+                        if job.done(force_check=True):  # its result appeared after all
+                            yield job, None
+                        else:
+                            yield (
+                                job,
+                                (
+                                    f"Slurm task {job.job_id} left the queue without a result "
+                                    f"(no job accounting: sacct gives no state; see its log in "
+                                    f"{self.folder})"
+                                ),
+                            )
+            pending = waiting
+            if pending:
+                time.sleep(self.poll_seconds)
+
+
+def _queued_array_tasks(array_id: str) -> set[str] | None:
+    """Ids (``"123_4"``) of the array's tasks still in ``squeue``; ``None``: no answer."""
+    command = ["squeue", "--noheader", "--array", "--jobs", array_id, "--format", "%i"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as error:
+        logger.debug("squeue failed: %s", error)
+        return None
+    if done.returncode != 0:
+        if "invalid job id" in done.stderr.lower():  # the controller forgot the array
+            return set()
+        logger.debug("squeue failed: %s", done.stderr.strip())
+        return None
+    return set(done.stdout.split())
 
 
 class RayExecutor(Executor):
