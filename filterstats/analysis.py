@@ -101,11 +101,11 @@ def analyze(
               for layer in layers]  # fmt: skip
     metrics = measure(inputs, eps=eps, definition=definition, normalize=normalize,
                       nan_policy=nan_policy)  # fmt: skip
-    columns = {
-        key: getattr(metrics, key).cpu().tolist()  # one host transfer per column
-        for key in ("n_nonsparse", "sparsity", "diversity", "diversity_clean", "entropy_raw",
-                    "orthogonality")
-    }  # fmt: skip
+    keys = ("n_nonsparse", "sparsity", "diversity", "diversity_clean", "entropy_raw",
+            "orthogonality")  # fmt: skip
+    # One host transfer for every column (float64 all).
+    stacked = torch.stack([getattr(metrics, key).to(torch.float64) for key in keys]).cpu()
+    columns = dict(zip(keys, stacked.tolist()))
     measured = {}
     for i, layer in enumerate(layers):
         measured[layer.name] = LayerRow(

@@ -241,7 +241,7 @@ def _layer_pass(
         top, is_finite = kernels.layer_maxabs(rows, omit_nonfinite=omit, chunk_bytes=chunk_bytes)
         tops.append(top)
         finite.append(is_finite)
-        n_kernels.append(torch.tensor(float(rows.shape[0]), dtype=torch.float64))
+        n_kernels.append(torch.tensor(float(rows.shape[0]), dtype=torch.float64))  # host
         if not count_sparse and not variants:
             n_valid.append(n_kernels[-1])
             continue
@@ -270,9 +270,12 @@ def _layer_pass(
 
 
 def _stack(values: list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``torch.stack`` on ``device``: one transfer for the list, not one per value."""
     if not values:
         return torch.zeros(0, dtype=dtype, device=device)
-    return torch.stack([v.to(device=device, dtype=dtype) for v in values])
+    if len({value.device for value in values}) == 1:
+        return torch.stack([value.to(dtype=dtype) for value in values]).to(device)
+    return torch.stack([value.to(device=device, dtype=dtype) for value in values])
 
 
 def _check_nan_policy(names: list[str], first: _LayerPass, nan_policy: NanPolicy) -> None:
@@ -292,28 +295,57 @@ def _sparsity_values(first: _LayerPass) -> Tensor:
     return torch.where(first.n_valid > 0, values, torch.nan)
 
 
-def _entropy_from_moments(
-    moments: list[kernels.Moments], device: torch.device, *, normalize: bool
-) -> Tensor:
-    """Entropies of one variant for all layers: one batched eigen-solve per kernel size."""
-    entropy = torch.full((len(moments),), torch.nan, dtype=torch.float64, device=device)
-    widths = [m.total.shape[0] for m in moments]
-    for width in sorted(set(widths)):
-        index = [i for i, w in enumerate(widths) if w == width]
-        count = _stack([moments[i].count for i in index], device, torch.float64)
-        shifts = [moments[i].shift for i in index]
+def _entropies(moment_sets: Sequence[list[kernels.Moments]], device: torch.device) -> list[Tensor]:
+    """Entropies (not normalised) of several variants for all layers, ``(L,)`` each.
+
+    One batched eigen-solve per kernel size for all variants together: on CUDA the
+    solver's error check is a host synchronisation, so there is one per kernel size,
+    not one per variant.
+    """
+    n_layers = len(moment_sets[0]) if moment_sets else 0
+    # (variant, layer) items grouped by what a batched solve needs in common.
+    groups: dict[tuple[int, bool], list[tuple[int, int]]] = {}
+    for v, moments in enumerate(moment_sets):
+        for i, moment in enumerate(moments):
+            key = (moment.total.shape[0], moment.shift is None)
+            groups.setdefault(key, []).append((v, i))
+    parts: list[list[Tensor]] = [[] for _ in moment_sets]
+    order: list[list[int]] = [[] for _ in moment_sets]
+    for key in sorted(groups):
+        items = groups[key]
+        picked = [moment_sets[v][i] for v, i in items]
+        count = _stack([m.count for m in picked], device, torch.float64)
         values = kernels.variance_entropy(
             count,
-            _stack([moments[i].total for i in index], device, torch.float64),
-            _stack([moments[i].outer for i in index], device, torch.float64),
-            None
-            if any(shift is None for shift in shifts)
-            else _stack(shifts, device, torch.float64),  # type: ignore[arg-type]
+            _stack([m.total for m in picked], device, torch.float64),
+            _stack([m.outer for m in picked], device, torch.float64),
+            None if key[1] else _stack([m.shift for m in picked], device, torch.float64),  # type: ignore[misc]
         )
-        if normalize:
-            values = values / kernels.entropy_threshold(count)
-        entropy[torch.tensor(index, device=device)] = values
-    return entropy
+        start = 0
+        for v in range(len(moment_sets)):
+            layers = [i for w, i in items if w == v]
+            parts[v].append(values[start : start + len(layers)])
+            order[v].extend(layers)
+            start += len(layers)
+    results = []
+    for v in range(len(moment_sets)):
+        if not n_layers:
+            results.append(torch.zeros(0, dtype=torch.float64, device=device))
+            continue
+        joined = torch.cat(parts[v])
+        if order[v] != list(range(n_layers)):  # several kernel sizes: back to layer order
+            position = [0] * n_layers
+            for slot, layer in enumerate(order[v]):
+                position[layer] = slot
+            joined = joined[torch.tensor(position, device=device)]
+        results.append(joined)
+    return results
+
+
+def _normalized(values: Tensor, moments: list[kernels.Moments], device: torch.device) -> Tensor:
+    """Entropies divided by torchconvquality's threshold of each layer's kernel count."""
+    count = _stack([m.count for m in moments], device, torch.float64)
+    return values / kernels.entropy_threshold(count)
 
 
 #: Layers with at most this many output filters are stacked by shape and their Gram
@@ -328,7 +360,10 @@ def _orthogonality_values(
     device = first.layer_max.device
     # float32 Gram products overflow above ~1e19 and underflow below ~1e-19: bring such
     # (rare) layers to unit scale first; orthogonality does not depend on the scale.
-    tops = first.layer_max.tolist()  # one host transfer for the whole set
+    # One host transfer for the whole set: the layer maxima, and which layers hold
+    # NaN/inf (under "omit" only those get a row mask; their masked copy is the one
+    # full-size copy this policy makes).
+    tops, finite_flags = torch.stack([first.layer_max, first.finite.to(torch.float64)]).tolist()
     weights = [
         weight / top
         if weight.dtype != torch.float64 and math.isfinite(top) and top > 0
@@ -337,16 +372,16 @@ def _orthogonality_values(
         for weight, top in zip(weights, tops)
     ]  # fmt: skip
     offdiag: list[Tensor | None] = [None] * len(weights)
-    counts: list[Tensor] = []
+    # Filters per layer: a number where known on the host (no per-layer transfer), a
+    # device tensor where NaN/inf rows are left out.
+    counts: list[float | Tensor] = []
     masks: list[Tensor | None] = []
     groups: dict[tuple[object, ...], list[int]] = {}
-    # omit: one host transfer for the whole set; only layers holding NaN/inf get a row
-    # mask (their masked copy is the one full-size copy this policy makes).
-    finite = first.finite.tolist() if nan_policy == "omit" else [True] * len(weights)
+    finite = [bool(flag) or nan_policy != "omit" for flag in finite_flags]
     for i, weight in enumerate(weights):
         n_out = weight.shape[0]
         row_mask = None
-        n = torch.tensor(float(n_out), dtype=torch.float64, device=weight.device)
+        n: float | Tensor = float(n_out)
         if not finite[i]:
             row_mask = kernels.finite_rows(weight.reshape(n_out, -1), chunk_bytes=chunk_bytes)
             n = row_mask.sum().to(torch.float64)
@@ -382,6 +417,13 @@ def _orthogonality_values(
     values = []
     for total, n in zip(offdiag, counts):
         assert total is not None  # every layer went through one of the two paths
+        if isinstance(n, float):
+            pairs_known = n * (n - 1.0)  # as kernels.pair_count, on the host
+            if pairs_known > 0:
+                values.append(1.0 - total / pairs_known)
+            else:
+                values.append(torch.full_like(total, torch.nan))
+            continue
         pairs = kernels.pair_count(n)
         value = 1.0 - total / torch.where(pairs > 0, pairs, 1.0)
         values.append(torch.where(pairs > 0, value, torch.nan))
@@ -405,8 +447,7 @@ def _warn_degenerate(
         return
     verb = "are" if " and " in metric else "is"
     # One host transfer for the whole set.
-    dead = (first.layer_max == 0).tolist()
-    no_finite = (first.n_valid == 0).tolist()
+    dead, no_finite = torch.stack([first.layer_max == 0, first.n_valid == 0]).tolist()
     for name, weight, is_dead, empty in zip(names, weights, dead, no_finite):
         if empty:
             warnings.warn(
@@ -542,9 +583,10 @@ def diversity(
     variant = (settings.scale_filters, settings.drop_sparse)
     first = _layer_pass(weights, eps, settings.strict, nan_policy, [variant], chunk_bytes)
     _check_nan_policy(names, first, nan_policy)
-    values = _entropy_from_moments(
-        first.moments[0], first.layer_max.device, normalize=settings.normalize
-    )
+    device = first.layer_max.device
+    (values,) = _entropies(first.moments, device)
+    if settings.normalize:
+        values = _normalized(values, first.moments[0], device)
     values = _finalize(values, first, nan_policy, dead_is_nan=True)
     _warn_degenerate(names, weights, first, "diversity")
     return _single(values, single)
@@ -639,11 +681,14 @@ def measure(
     variants = list(dict.fromkeys(wanted))
     first = _layer_pass(weights, eps, settings.strict, nan_policy, variants, chunk_bytes)
     _check_nan_policy(names, first, nan_policy)
-    moments = first.moments
     device = first.layer_max.device
+    # Every variant in one eigen-solve (per kernel size).
+    solved = dict(zip(variants, _entropies(first.moments, device)))
 
     def entropy(variant: _Variant, norm: bool) -> Tensor:
-        values = _entropy_from_moments(moments[variants.index(variant)], device, normalize=norm)
+        values = solved[variant]
+        if norm:
+            values = _normalized(values, first.moments[variants.index(variant)], device)
         return _finalize(values, first, nan_policy, dead_is_nan=True)
 
     clean = entropy((settings.scale_filters, True), settings.normalize)
@@ -666,8 +711,8 @@ def measure(
         names=tuple(names),
         n_filters=n_filters,
         n_nonsparse=first.n_valid - n_sparse if nan_policy == "omit" else n_filters - n_sparse,
-        out_channels=_stack(
-            [torch.tensor(float(w.shape[0])) for w in weights], device, torch.float64
+        out_channels=torch.tensor(
+            [float(w.shape[0]) for w in weights], dtype=torch.float64, device=device
         ),
         sparsity=_finalize(_sparsity_values(first), first, nan_policy, dead_is_nan=False),
         diversity=main,

@@ -332,3 +332,77 @@ def test_metrics_on_device(device):
         torch.testing.assert_close(
             getattr(metrics, field).cpu(), getattr(cpu, field), atol=1e-6, rtol=0
         )
+
+
+class HostReads:
+    """Counts the host reads and host-to-device copies that filterstats code asks for.
+
+    On CUDA each is a synchronisation (``tolist``, ``item``, ``cpu``, ``bool(tensor)``,
+    ``torch.tensor(..., device=...)``). On CPU they cost nothing, so the test counts the
+    calls themselves, made directly from a filterstats module.
+    """
+
+    METHODS = ("tolist", "item", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import sys
+
+        self.calls: list[str] = []
+
+        def from_filterstats() -> str | None:
+            frame = sys._getframe(2)
+            module = frame.f_globals.get("__name__", "")
+            return f"{module}:{frame.f_lineno}" if module.startswith("filterstats") else None
+
+        def counting(name: str, original):
+            def wrapper(*args, **kwargs):
+                where = from_filterstats()
+                if where and (name != "torch.tensor" or kwargs.get("device") is not None):
+                    self.calls.append(f"{name} at {where}")
+                return original(*args, **kwargs)
+
+            return wrapper
+
+        for name in self.METHODS:
+            monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+        monkeypatch.setattr(torch, "tensor", counting("torch.tensor", torch.tensor))
+        self.solves = 0
+        solve = torch.linalg.eigvalsh
+
+        def counted_solve(*args, **kwargs):
+            self.solves += 1  # on CUDA its error check reads the host too
+            return solve(*args, **kwargs)
+
+        monkeypatch.setattr(torch.linalg, "eigvalsh", counted_solve)
+
+
+def conv_stack(n_layers: int) -> torch.nn.Sequential:
+    torch.manual_seed(n_layers)
+    layers = [torch.nn.Conv2d(3, 16, 3)] + [torch.nn.Conv2d(16, 16, 3) for _ in range(n_layers - 1)]
+    layers.append(torch.nn.Conv2d(16, 200, 3))  # large enough for the Gram panels
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+def test_host_reads_per_call_do_not_grow_with_the_number_of_layers(monkeypatch, nan_policy):
+    """No per-layer synchronisation: measure and analyze read the host a fixed few times."""
+    reads = {}
+    for n_layers in (2, 12):
+        model = conv_stack(n_layers)
+        filters = fs.extract_filters(model)
+        with monkeypatch.context() as patch:
+            counter = HostReads(patch)
+            fs.measure(filters, nan_policy=nan_policy)
+            measured = list(counter.calls)
+            assert counter.solves == 1  # every entropy variant, every layer: one solve
+            counter.calls.clear()
+            fs.analyze(filters, nan_policy=nan_policy)
+            analyzed = list(counter.calls)
+        reads[n_layers] = (measured, analyzed)
+    (measure_small, analyze_small), (measure_big, analyze_big) = reads[2], reads[12]
+    assert measure_big == measure_small, measure_big
+    assert analyze_big == analyze_small, analyze_big
+    # the layer maxima for the Gram scaling, the warnings, the out-channel counts; and
+    # analyze's one copy of all columns
+    assert len(measure_big) <= 3, measure_big
+    assert len(analyze_big) <= len(measure_big) + 2, analyze_big
