@@ -241,7 +241,7 @@ def _layer_pass(
         top, is_finite = kernels.layer_maxabs(rows, omit_nonfinite=omit, chunk_bytes=chunk_bytes)
         tops.append(top)
         finite.append(is_finite)
-        n_kernels.append(torch.tensor(float(rows.shape[0]), dtype=torch.float64))  # host
+        n_kernels.append(torch.tensor(float(rows.shape[0]), dtype=torch.float64))  # on the host
         if not count_sparse and not variants:
             n_valid.append(n_kernels[-1])
             continue
@@ -314,12 +314,13 @@ def _entropies(moment_sets: Sequence[list[kernels.Moments]], device: torch.devic
     for key in sorted(groups):
         items = groups[key]
         picked = [moment_sets[v][i] for v, i in items]
+        shifts = [m.shift for m in picked if m.shift is not None]
         count = _stack([m.count for m in picked], device, torch.float64)
         values = kernels.variance_entropy(
             count,
             _stack([m.total for m in picked], device, torch.float64),
             _stack([m.outer for m in picked], device, torch.float64),
-            None if key[1] else _stack([m.shift for m in picked], device, torch.float64),  # type: ignore[misc]
+            None if key[1] else _stack(shifts, device, torch.float64),
         )
         start = 0
         for v in range(len(moment_sets)):
