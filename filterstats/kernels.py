@@ -40,6 +40,7 @@ __all__ = [
     "kernel_moments_multi",
     "kernel_pass",
     "layer_maxabs",
+    "layer_sparsity",
     "native_pass_available",
     "offdiag_abs_gram_sum",
     "offdiag_abs_gram_sum_batched",
@@ -591,6 +592,57 @@ def kernel_pass(
         for count, total, outer, shift in zip(counts, totals, outers, shifts)
     ]
     return KernelPass(n_sparse=n_sparse, n_valid=n_valid, moments=moments)
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """A layer's maximum and sparsity count from one read (all ``()`` tensors).
+
+    Attributes:
+        top: float64 largest |value| (over finite kernels when they are omitted; NaN
+            when a NaN propagates).
+        finite: bool, every value is finite.
+        n_valid: float64 number of kernels used (the finite ones when omitted).
+        n_sparse: float64 number of sparse kernels among them.
+    """
+
+    top: Tensor
+    finite: Tensor
+    n_valid: Tensor
+    n_sparse: Tensor
+
+
+def layer_sparsity(
+    kernels: Tensor, eps: float, *, strict: bool, omit_nonfinite: bool
+) -> LayerSparsity | None:
+    """The layer's maximum and its sparse kernels from one read, or ``None``.
+
+    The compiled code writes every kernel's max|value| (a ninth of a 3x3 layer's
+    size); the layer's maximum and the count (``max|f| <= eps * max|W|``, ``<`` when
+    ``strict``; every kernel of an all-zero layer) then come from those maxima alone,
+    with the same comparisons as [`layer_maxabs`][] followed by [`kernel_pass`][]
+    (identical results). On CPU only, like the compiled pass; elsewhere, or without
+    it (see [`native_pass_available`][]), ``None``: use those two.
+
+    Args:
+        kernels: ``(N, K)`` kernels as rows.
+        eps: Sparsity threshold, fraction of the layer's largest |value|.
+        strict: Sparse means ``<`` instead of ``<=``.
+        omit_nonfinite: Leave out kernels holding NaN/inf (from the maximum too).
+
+    Returns:
+        A [`LayerSparsity`][filterstats.kernels.LayerSparsity], or ``None``.
+    """
+    native = _native.sparsity(kernels, eps, strict=strict, omit_nonfinite=omit_nonfinite)
+    if native is None:
+        return None
+    f64 = torch.float64
+    return LayerSparsity(
+        top=torch.tensor(native.top, dtype=f64),
+        finite=torch.tensor(native.finite),
+        n_valid=torch.tensor(native.n_valid, dtype=f64),
+        n_sparse=torch.tensor(native.n_sparse, dtype=f64),
+    )
 
 
 def layer_maxabs(

@@ -315,3 +315,116 @@ def test_compiler_without_march_native_and_with_arguments(monkeypatch, tmp_path)
     rows = layer(3000, 9, seed=9)
     native = run_pass(monkeypatch, rows, VARIANT_SETS[1], native=True)
     assert_same_pass(native, run_pass(monkeypatch, rows, VARIANT_SETS[1], native=False))
+
+
+# ------------------------------------------------------ sparsity alone, one read
+
+
+def one_read(monkeypatch, rows, *, eps=0.01, strict=False, omit=False):
+    monkeypatch.setenv(_native.ENV_SWITCH, "1")
+    result = kernels.layer_sparsity(rows, eps, strict=strict, omit_nonfinite=omit)
+    assert result is not None
+    return result.top, result.finite, result.n_valid, result.n_sparse
+
+
+def two_reads(monkeypatch, rows, *, eps=0.01, strict=False, omit=False):
+    """The torch path: the layer maximum, then the sparsity count."""
+    monkeypatch.setenv(_native.ENV_SWITCH, "0")
+    assert kernels.layer_sparsity(rows, eps, strict=strict, omit_nonfinite=omit) is None
+    top, finite = kernels.layer_maxabs(rows, omit_nonfinite=omit)
+    counted = kernels.kernel_pass(
+        rows, eps * top, strict=strict, all_sparse=~(top > 0), omit_nonfinite=omit
+    )
+    return top, finite, counted.n_valid, counted.n_sparse
+
+
+def assert_same_sparsity(ours, theirs):
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype and a.shape == b.shape == ()
+        assert torch.equal(a, b) or (bool(a.isnan()) and bool(b.isnan())), (ours, theirs)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("n", "width"),
+    [(1, 9), (7, 9), (8, 9), (1023, 9), (1025, 9), (40_000, 9), (300, 1), (301, 25), (99, 64)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("strict", [False, True])
+def test_one_read_sparsity_equals_the_torch_path(monkeypatch, n, width, dtype, strict):
+    rows = layer(n, width, seed=n + width, dtype=dtype)
+    ours = one_read(monkeypatch, rows, strict=strict)
+    assert_same_sparsity(ours, two_reads(monkeypatch, rows, strict=strict))
+    expected = (rows.abs().amax(dim=1).double() <= 0.01 * rows.abs().max().double()).sum()
+    if not strict:  # and against a plain float64 count
+        assert float(ours[3]) == float(expected)
+
+
+@needs_compiler
+@pytest.mark.parametrize("omit", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_one_read_sparsity_non_finite_kernels(monkeypatch, omit, bad):
+    rows = layer(3000, 9, seed=8)
+    rows[5, 4] = bad
+    rows[2050, 0] = bad
+    ours = one_read(monkeypatch, rows, omit=omit)
+    assert_same_sparsity(ours, two_reads(monkeypatch, rows, omit=omit))
+    assert not bool(ours[1])  # not finite
+    if omit:
+        assert float(ours[2]) == 2998 and bool(torch.isfinite(ours[0]))
+
+
+@needs_compiler
+@pytest.mark.parametrize("strict", [False, True])
+def test_one_read_sparsity_boundary_and_all_zero_layers(monkeypatch, strict):
+    rows = layer(64, 9, seed=4)
+    top = rows.abs().max().to(torch.float64)
+    rows[10] = 0.0
+    rows[10, 3] = float(0.01 * top)  # rounded to float32: either side of the threshold
+    assert_same_sparsity(
+        one_read(monkeypatch, rows, strict=strict), two_reads(monkeypatch, rows, strict=strict)
+    )
+    exact = layer(64, 9, seed=5)
+    exact[0, 0] = 100.0  # the layer maximum: the threshold 0.01 * 100 is exactly 1.0
+    exact[10] = 0.5
+    exact[10, 2] = 1.0  # a kernel whose max|x| is exactly the threshold
+    ours = one_read(monkeypatch, exact, strict=strict)
+    assert_same_sparsity(ours, two_reads(monkeypatch, exact, strict=strict))
+    maxima = exact.abs().amax(dim=1).double()
+    assert float(ours[3]) == float((maxima < 1.0).sum() + (0 if strict else 1))
+    zeros = torch.zeros(2000, 9)
+    ours = one_read(monkeypatch, zeros, strict=strict)
+    assert float(ours[3]) == 2000  # an all-zero layer: every kernel sparse, < or <=
+    assert_same_sparsity(ours, two_reads(monkeypatch, zeros, strict=strict))
+
+
+@needs_compiler
+def test_one_read_sparsity_does_not_depend_on_threads(monkeypatch):
+    rows = layer(70_000, 9, seed=9)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(one_read(monkeypatch, rows))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert_same_sparsity(other, results[0])
+
+
+@needs_compiler
+@pytest.mark.parametrize("definition", ["paper", "torchconvquality"])
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+def test_sparsity_same_with_and_without_native(monkeypatch, definition, nan_policy):
+    generator = torch.Generator().manual_seed(10)
+    weights = [torch.randn(64, 32, 3, 3, generator=generator), torch.zeros(8, 4, 3, 3)]
+    weights.append(torch.randn(16, 3, 5, 5, generator=generator).double())
+    weights[0][3, 2, 1, 1] = float("nan")
+    weights[0][:5] *= 1e-4
+    monkeypatch.setenv(_native.ENV_SWITCH, "1")
+    native = fs.sparsity(weights, definition=definition, nan_policy=nan_policy)
+    monkeypatch.setenv(_native.ENV_SWITCH, "0")
+    reference = fs.sparsity(weights, definition=definition, nan_policy=nan_policy)
+    assert torch.equal(native.isnan(), reference.isnan())
+    assert torch.equal(native.nan_to_num(), reference.nan_to_num())

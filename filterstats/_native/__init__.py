@@ -4,6 +4,9 @@
 and to sum the float64 moments of each entropy variant. In torch that is a dozen
 element-wise passes and thin matrix products per chunk; here it is one C loop
 (``kernel_pass.c``) that keeps each kernel in registers, several times faster on CPU.
+For the sparsity alone ([`filterstats.kernels.layer_sparsity`][]) the same code reads
+the kernels once, writing each kernel's maximum, where torch reads them twice (the
+layer's maximum first, for the threshold).
 
 The source ships with the package and is compiled on first use with the system's C
 compiler (``$CC``, else ``cc``; ``-O3 -march=native -ffp-contract=off``, about a
@@ -30,7 +33,7 @@ import platform
 import stat
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +44,15 @@ from torch import Tensor
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
-__all__ = ["ENV_CACHE_DIR", "ENV_SWITCH", "NativePass", "available", "kernel_pass"]
+__all__ = [
+    "ENV_CACHE_DIR",
+    "ENV_SWITCH",
+    "NativePass",
+    "NativeSparsity",
+    "available",
+    "kernel_pass",
+    "sparsity",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +175,16 @@ def _load() -> ctypes.CDLL:
             import shutil
 
             shutil.rmtree(directory, ignore_errors=True)
+    i64, i32, pointer = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+    for name in ("fs_maxima_f32", "fs_maxima_f64"):
+        function = getattr(library, name)
+        function.restype = ctypes.c_int
+        function.argtypes = [pointer, i64, i64, i64, i64, i32, pointer, pointer, pointer]
+    for name in ("fs_count_sparse_f32", "fs_count_sparse_f64"):
+        function = getattr(library, name)
+        function.restype = ctypes.c_int
+        function.argtypes = [pointer, i64, i64, i64, ctypes.c_double, i32, i32, i32]
+        function.argtypes += [pointer, pointer]
     for name in ("fs_pass_f32", "fs_pass_f64"):
         function = getattr(library, name)
         function.restype = ctypes.c_int
@@ -251,6 +272,32 @@ class NativePass:
 _MIN_PARALLEL_BLOCKS = 16
 
 
+def _in_threads(
+    library: ctypes.CDLL,
+    n_blocks: int,
+    run: Callable[[int, int, int, ctypes.Array[ctypes.c_char]], int],
+) -> None:
+    """``run(worker, first_block, last_block, caller_fenv)`` over shares of the blocks.
+
+    Shares go to ``torch.get_num_threads()`` threads (the calling thread takes the first
+    itself); every thread computes in the caller's floating-point environment (e.g.
+    flush to zero after ``torch.set_flush_denormal(True)``).
+    """
+    workers = min(torch.get_num_threads(), n_blocks // _MIN_PARALLEL_BLOCKS) or 1
+    bounds = [n_blocks * w // workers for w in range(workers + 1)]
+    caller_fenv = ctypes.create_string_buffer(library.fs_fenv_size())
+    library.fs_fenv_get(caller_fenv)
+
+    def share(w: int) -> int:
+        return run(w, bounds[w], bounds[w + 1], caller_fenv)
+
+    pool = _executor(workers - 1) if workers > 1 else None
+    others = [pool.submit(share, w) for w in range(1, workers)] if pool else []
+    codes = [share(0)] + [future.result() for future in others]
+    if any(codes):
+        raise RuntimeError(f"compiled kernel pass refused its arguments (codes {codes})")
+
+
 def _sums(library: ctypes.CDLL, kernels: Tensor, args: _PassArgs, n_variants: int) -> Tensor:
     """One compiled pass over ``args.n`` kernels: the ``(stride,)`` float64 sums."""
     n_rows, width = args.n, args.width
@@ -260,36 +307,133 @@ def _sums(library: ctypes.CDLL, kernels: Tensor, args: _PassArgs, n_variants: in
     work_size = library.fs_work_size(width, n_variants)
     partials = torch.empty(n_blocks, stride, dtype=torch.float64)
     function = library.fs_pass_f32 if kernels.dtype == torch.float32 else library.fs_pass_f64
-    workers = min(torch.get_num_threads(), n_blocks // _MIN_PARALLEL_BLOCKS) or 1
-    bounds = [n_blocks * w // workers for w in range(workers + 1)]
-    works = [torch.empty(work_size, dtype=torch.float64) for _ in range(workers)]
-    # Every thread computes in the caller's floating-point environment (e.g. flush to
-    # zero after torch.set_flush_denormal(True)).
-    caller_fenv = ctypes.create_string_buffer(library.fs_fenv_size())
-    library.fs_fenv_get(caller_fenv)
+    works: dict[int, Tensor] = {}
 
-    def run(w: int) -> int:
+    def run(w: int, first: int, last: int, caller_fenv: ctypes.Array[ctypes.c_char]) -> int:
+        work = works.setdefault(w, torch.empty(work_size, dtype=torch.float64))
         return int(
             function(
                 kernels.data_ptr(),
                 ctypes.byref(args),
-                bounds[w],
-                bounds[w + 1],
-                works[w].data_ptr(),
+                first,
+                last,
+                work.data_ptr(),
                 partials.data_ptr(),
                 caller_fenv,
             )
         )
 
-    # The calling thread takes the first share itself (no hand-off for it).
-    pool = _executor(workers - 1) if workers > 1 else None
-    others = [pool.submit(run, w) for w in range(1, workers)] if pool else []
-    codes = [run(0)] + [future.result() for future in others]
-    if any(codes):
-        raise RuntimeError(f"compiled kernel pass refused its arguments (codes {codes})")
+    _in_threads(library, n_blocks, run)
     out = torch.empty(stride, dtype=torch.float64)
     library.fs_reduce(partials.data_ptr(), n_blocks, stride, out.data_ptr())
     return out
+
+
+def _applies(kernels: Tensor) -> bool:
+    """Whether the compiled code takes these ``(N, K)`` kernels (else the torch path)."""
+    n_rows, width = kernels.shape
+    return (
+        kernels.device.type == "cpu"
+        and kernels.dtype in (torch.float32, torch.float64)
+        and 0 < width <= _MAX_WIDTH
+        and n_rows > 0
+        and kernels.is_contiguous()  # a copy would break the memory bound
+    )
+
+
+@dataclass(frozen=True)
+class NativeSparsity:
+    """A layer's maximum and sparsity count from one compiled read (host numbers).
+
+    Attributes:
+        top: Largest |value| (over the finite kernels when they are omitted, 0 if
+            none; NaN when a NaN propagates).
+        finite: Every value is finite.
+        n_valid: Kernels used (the finite ones when omitted).
+        n_sparse: Sparse kernels among them.
+    """
+
+    top: float
+    finite: bool
+    n_valid: float
+    n_sparse: float
+
+
+def sparsity(
+    kernels: Tensor, eps: float, *, strict: bool, omit_nonfinite: bool
+) -> NativeSparsity | None:
+    """The sparsity count of one layer in compiled code, or ``None`` where it does not apply.
+
+    One read of the kernels writes each kernel's max|value| (a ninth of a 3x3 layer)
+    and each block's largest; the threshold ``eps * max`` is then applied to the
+    maxima alone, with the comparisons of the fused pass (float64, ``<=`` or ``<``).
+
+    Args:
+        kernels: ``(N, K)`` kernels as rows.
+        eps: Threshold as a fraction of the layer's largest |value|.
+        strict: Sparse means ``<`` instead of ``<=``.
+        omit_nonfinite: Leave out kernels holding NaN/inf.
+
+    Returns:
+        A [`NativeSparsity`][filterstats._native.NativeSparsity], or ``None``.
+    """
+    if not _applies(kernels):
+        return None
+    library = _get_library()
+    if library is None:
+        return None
+    n_rows, width = kernels.shape
+    single = kernels.dtype == torch.float32
+    maxima = torch.empty(n_rows, dtype=kernels.dtype)
+    n_blocks = -(-n_rows // library.fs_block_size())
+    blocks = torch.empty(n_blocks, 3, dtype=torch.float64)
+    sparse = torch.empty(n_blocks, dtype=torch.float64)
+    find = library.fs_maxima_f32 if single else library.fs_maxima_f64
+    count = library.fs_count_sparse_f32 if single else library.fs_count_sparse_f64
+    omit = int(omit_nonfinite)
+
+    def find_maxima(w: int, first: int, last: int, caller_fenv: ctypes.Array[ctypes.c_char]) -> int:
+        return int(
+            find(
+                kernels.data_ptr(),
+                n_rows,
+                width,
+                first,
+                last,
+                omit,
+                maxima.data_ptr(),
+                blocks.data_ptr(),
+                caller_fenv,
+            )
+        )
+
+    _in_threads(library, n_blocks, find_maxima)
+    top_value, finite_value, used = blocks.amax(dim=0)[0], blocks[:, 1].amin(), blocks[:, 2].sum()
+    top = float(top_value)  # NaN propagates through amax
+    all_sparse = not top > 0  # an all-zero layer: every kernel is sparse
+
+    def count_sparse(
+        w: int, first: int, last: int, caller_fenv: ctypes.Array[ctypes.c_char]
+    ) -> int:
+        return int(
+            count(
+                maxima.data_ptr(),
+                n_rows,
+                first,
+                last,
+                eps * top,
+                int(strict),
+                int(all_sparse),
+                omit,
+                sparse.data_ptr(),
+                caller_fenv,
+            )
+        )
+
+    _in_threads(library, n_blocks, count_sparse)
+    return NativeSparsity(
+        top=top, finite=bool(finite_value), n_valid=float(used), n_sparse=float(sparse.sum())
+    )
 
 
 @functools.cache
@@ -328,14 +472,7 @@ def kernel_pass(
         allow the compiled pass.
     """
     n_rows, width = kernels.shape
-    if (
-        kernels.device.type != "cpu"
-        or kernels.dtype not in (torch.float32, torch.float64)
-        or not 0 < width <= _MAX_WIDTH
-        or len(variants) > _MAX_VARIANTS
-        or n_rows == 0
-        or not kernels.is_contiguous()  # a copy would break the memory bound
-    ):
+    if not _applies(kernels) or len(variants) > _MAX_VARIANTS:
         return None
     library = _get_library()
     if library is None:

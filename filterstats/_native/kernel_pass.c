@@ -1,5 +1,7 @@
 /*
- * The fused sparsity + moments pass of filterstats.kernels.kernel_pass, in one loop.
+ * The fused sparsity + moments pass of filterstats.kernels.kernel_pass, in one loop;
+ * and the sparsity count alone from one read (fs_maxima_*, fs_count_sparse_*, used by
+ * filterstats.kernels.layer_sparsity).
  *
  * Compiled on first use by filterstats/_native/__init__.py (cc -O3 -march=native
  * -ffp-contract=off) and called through ctypes; the pure-torch path computes the same
@@ -292,6 +294,137 @@ void fs_fenv_get(void *out) { fegetenv((fenv_t *)out); }
 
 FS_DEFINE_PASS(fs_pass_f32, fs_block_f32, fs_block9_f32, float)
 FS_DEFINE_PASS(fs_pass_f64, fs_block_f64, fs_block9_f64, double)
+
+/* The sparsity count from one read of the kernels, in two calls.
+ * fs_maxima_*: blocks [first, last) of kernels write each kernel's max|x| in the
+ * kernels' own type (exact: a maximum rounds nothing; NaN where a kernel holds NaN, as
+ * torch's amax) and per block, into block_out (n_blocks, 3): the largest maximum (NaN
+ * if any is NaN; with omit, over the finite kernels only, 0 if none), 1 if every
+ * maximum is finite else 0, and the number of kernels used (the finite ones with omit).
+ * fs_count_sparse_*: with the layer's threshold known from those, blocks [first, last)
+ * write their number of sparse kernels, m <= threshold (m < threshold when strict)
+ * compared in float64 as the fused pass does, every kernel when all_sparse; kernels
+ * holding NaN/inf are left out with omit. */
+static inline __attribute__((always_inline)) fs_vec fs_tile_maxima(const fs_vec *x,
+                                                                   const int64_t width) {
+    const fs_mask abs_bits = (fs_mask)fs_splat(0.0) | INT64_MAX;
+    fs_vec top = fs_splat(0.0);
+    fs_mask nan = (fs_mask)top;
+    for (int64_t c = 0; c < width; ++c) {
+        const fs_vec mag = (fs_vec)((fs_mask)x[c] & abs_bits);
+        nan |= mag != mag;
+        top = fs_select(mag > top, mag, top);
+    }
+    return fs_select(nan, fs_splat((double)NAN), top);
+}
+
+/* FS_LANES values of type T, for storing a tile's maxima in one go. */
+typedef float fs_vec_float __attribute__((vector_size(FS_LANES * sizeof(float)), aligned(4)));
+typedef double fs_vec_double __attribute__((vector_size(FS_LANES * sizeof(double)), aligned(8)));
+
+#define FS_DEFINE_MAXIMA_BLOCK(NAME, T, WIDTH)                                           \
+    static void NAME(const T *restrict kernels, const int64_t width_in, int64_t start,  \
+                     int64_t stop, const int omit, T *restrict out,                     \
+                     double *restrict block_out) {                                      \
+        const int64_t width = WIDTH;                                                    \
+        (void)width_in;                                                                 \
+        const fs_vec zero = fs_splat(0.0), one = fs_splat(1.0);                         \
+        fs_vec top = zero, used = zero;                                                 \
+        fs_mask nan = (fs_mask)zero, finite = (fs_mask)zero - 1;                        \
+        for (int64_t i0 = start; i0 < stop; i0 += FS_LANES) {                           \
+            const int64_t count = stop - i0 < FS_LANES ? stop - i0 : FS_LANES;          \
+            const T *k = kernels + i0 * width;                                          \
+            T padded[FS_LANES * FS_MAX_WIDTH];                                          \
+            if (count < FS_LANES) { /* the last tile: absent kernels are zeros */       \
+                memset(padded, 0, sizeof padded);                                       \
+                memcpy(padded, k, sizeof(T) * (size_t)(count * width));                 \
+                k = padded;                                                             \
+            }                                                                           \
+            fs_vec x[FS_MAX_WIDTH];                                                     \
+            fs_load_tile_##T(k, width, x);                                              \
+            const fs_vec m = fs_tile_maxima(x, width);                                  \
+            if (count == FS_LANES) {                                                    \
+                const fs_vec_##T values = __builtin_convertvector(m, fs_vec_##T);       \
+                memcpy(out + i0, &values, sizeof values);                               \
+            } else {                                                                    \
+                for (int64_t l = 0; l < count; ++l) out[i0 + l] = (T)m[l];              \
+            }                                                                           \
+            const fs_mask present = {0 < count ? -1 : 0, 1 < count ? -1 : 0,            \
+                                     2 < count ? -1 : 0, 3 < count ? -1 : 0,            \
+                                     4 < count ? -1 : 0, 5 < count ? -1 : 0,            \
+                                     6 < count ? -1 : 0, 7 < count ? -1 : 0};           \
+            const fs_mask ok = m - m == zero; /* finite */                              \
+            finite &= ok | ~present;                                                    \
+            const fs_mask counted = omit ? ok & present : present;                      \
+            used += fs_select(counted, one, zero);                                      \
+            const fs_vec candidate = fs_select(counted, m, zero);                       \
+            nan |= candidate != candidate;                                              \
+            top = fs_select(candidate > top, candidate, top);                           \
+        }                                                                               \
+        double block_top = 0.0, block_finite = 1.0;                                     \
+        int any_nan = 0;                                                                \
+        for (int l = 0; l < FS_LANES; ++l) {                                            \
+            any_nan |= nan[l] != 0;                                                     \
+            if (top[l] > block_top) block_top = top[l];                                 \
+            if (!finite[l]) block_finite = 0.0;                                         \
+        }                                                                               \
+        block_out[0] = any_nan ? (double)NAN : block_top;                               \
+        block_out[1] = block_finite;                                                    \
+        block_out[2] = fs_lane_sum(used);                                               \
+    }
+
+FS_DEFINE_MAXIMA_BLOCK(fs_maxima_block_f32, float, width_in)
+FS_DEFINE_MAXIMA_BLOCK(fs_maxima_block_f64, double, width_in)
+FS_DEFINE_MAXIMA_BLOCK(fs_maxima_block9_f32, float, 9)
+FS_DEFINE_MAXIMA_BLOCK(fs_maxima_block9_f64, double, 9)
+
+#define FS_DEFINE_MAXIMA(NAME, BLOCK, BLOCK9, T)                                         \
+    int NAME(const T *kernels, int64_t n, int64_t width, int64_t first, int64_t last,   \
+             int32_t omit, T *out, double *block_out, const void *caller_fenv) {        \
+        if (width < 1 || width > FS_MAX_WIDTH) return 1;                                \
+        fenv_t own;                                                                     \
+        fegetenv(&own);                                                                 \
+        fesetenv((const fenv_t *)caller_fenv);                                          \
+        for (int64_t b = first; b < last; ++b) {                                        \
+            const int64_t start = b * FS_BLOCK;                                         \
+            const int64_t stop = start + FS_BLOCK < n ? start + FS_BLOCK : n;           \
+            if (width == 9)                                                             \
+                BLOCK9(kernels, width, start, stop, omit, out, block_out + 3 * b);      \
+            else                                                                        \
+                BLOCK(kernels, width, start, stop, omit, out, block_out + 3 * b);       \
+        }                                                                               \
+        fesetenv(&own);                                                                 \
+        return 0;                                                                       \
+    }
+
+FS_DEFINE_MAXIMA(fs_maxima_f32, fs_maxima_block_f32, fs_maxima_block9_f32, float)
+FS_DEFINE_MAXIMA(fs_maxima_f64, fs_maxima_block_f64, fs_maxima_block9_f64, double)
+
+#define FS_DEFINE_COUNT_SPARSE(NAME, T)                                                  \
+    int NAME(const T *maxima, int64_t n, int64_t first, int64_t last, double threshold, \
+             int32_t strict, int32_t all_sparse, int32_t omit, double *block_sparse,    \
+             const void *caller_fenv) {                                                 \
+        fenv_t own;                                                                     \
+        fegetenv(&own);                                                                 \
+        fesetenv((const fenv_t *)caller_fenv);                                          \
+        for (int64_t b = first; b < last; ++b) {                                        \
+            const int64_t start = b * FS_BLOCK;                                         \
+            const int64_t stop = start + FS_BLOCK < n ? start + FS_BLOCK : n;           \
+            int64_t sparse = 0;                                                         \
+            for (int64_t i = start; i < stop; ++i) {                                    \
+                const double m = maxima[i];                                             \
+                const int below = strict ? m < threshold : m <= threshold;              \
+                const int ok = !omit || m - m == 0.0;                                   \
+                sparse += ok && (below || all_sparse);                                  \
+            }                                                                           \
+            block_sparse[b] = (double)sparse;                                           \
+        }                                                                               \
+        fesetenv(&own);                                                                 \
+        return 0;                                                                       \
+    }
+
+FS_DEFINE_COUNT_SPARSE(fs_count_sparse_f32, float)
+FS_DEFINE_COUNT_SPARSE(fs_count_sparse_f64, double)
 
 /* Sum of the block rows, in block order: out[j] = sum_b partials[b][j]. */
 void fs_reduce(const double *partials, int64_t n_blocks, int64_t stride, double *out) {
