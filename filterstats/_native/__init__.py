@@ -408,8 +408,9 @@ def sparsity(
         )
 
     _in_threads(library, n_blocks, find_maxima)
-    top_value, finite_value, used = blocks.amax(dim=0)[0], blocks[:, 1].amin(), blocks[:, 2].sum()
-    top = float(top_value)  # NaN propagates through amax
+    top = float(blocks[:, 0].amax())  # NaN propagates through amax
+    finite = bool(blocks[:, 1].amin())
+    used = float(blocks[:, 2].sum())
     all_sparse = not top > 0  # an all-zero layer: every kernel is sparse
 
     def count_sparse(
@@ -431,9 +432,7 @@ def sparsity(
         )
 
     _in_threads(library, n_blocks, count_sparse)
-    return NativeSparsity(
-        top=top, finite=bool(finite_value), n_valid=float(used), n_sparse=float(sparse.sum())
-    )
+    return NativeSparsity(top=top, finite=finite, n_valid=used, n_sparse=float(sparse.sum()))
 
 
 @functools.cache
