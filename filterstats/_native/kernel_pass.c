@@ -77,6 +77,20 @@ static inline fs_vec fs_splat(double value) {
     return (fs_vec){value, value, value, value, value, value, value, value};
 }
 
+/* max|x| of each kernel of a tile, NaN if any value is NaN (as torch's amax). */
+static inline __attribute__((always_inline)) fs_vec fs_tile_maxima(const fs_vec *x,
+                                                                   const int64_t width) {
+    const fs_mask abs_bits = (fs_mask)fs_splat(0.0) | INT64_MAX;
+    fs_vec top = fs_splat(0.0);
+    fs_mask nan = (fs_mask)top;
+    for (int64_t c = 0; c < width; ++c) {
+        const fs_vec mag = (fs_vec)((fs_mask)x[c] & abs_bits);
+        nan |= mag != mag;
+        top = fs_select(mag > top, mag, top);
+    }
+    return fs_select(nan, fs_splat((double)NAN), top);
+}
+
 /* Phase 1 of a tile of FS_LANES kernels, x[c] = value c of each kernel (0 where
  * absent, present: which lanes hold a kernel): max|x|, the sparse and valid flags and
  * counts, and per variant the rows y (y_out[v][c]) and the 0/1 weights (keep_out[v]).
@@ -87,16 +101,7 @@ static inline __attribute__((always_inline)) void fs_tile(
     fs_vec *restrict n_valid, fs_vec *restrict y_out, fs_vec *restrict keep_out,
     const int64_t variant_stride) {
     const fs_vec zero = fs_splat(0.0), one = fs_splat(1.0);
-    const fs_mask abs_bits = (fs_mask)fs_splat(0.0) | INT64_MAX;
-    fs_vec top = zero;
-    fs_mask nan = (fs_mask)zero;
-    /* max|x| per kernel, NaN if any value is NaN (as torch's amax) */
-    for (int64_t c = 0; c < width; ++c) {
-        const fs_vec mag = (fs_vec)((fs_mask)x[c] & abs_bits);
-        nan |= mag != mag;
-        top = fs_select(mag > top, mag, top);
-    }
-    const fs_vec m = fs_select(nan, fs_splat((double)NAN), top);
+    const fs_vec m = fs_tile_maxima(x, width);
     const fs_mask ok = a->omit ? (m - m == zero) : (fs_mask)zero - 1;
     const fs_mask below = a->strict ? m < fs_splat(threshold) : m <= fs_splat(threshold);
     const fs_mask valid = ok & present;
@@ -211,6 +216,32 @@ static inline __attribute__((always_inline)) void fs_load_tile_float(
                         k[4 * width + c], k[5 * width + c], k[6 * width + c], k[7 * width + c]};
 }
 
+/* x[c] = value c of the kernels i0, i0 + 1, ... (at most FS_LANES, none from stop on) of
+ * `kernels` (width values each), as float64; absent kernels of the last tile are zeros.
+ * Returns which lanes hold a kernel. */
+#define FS_DEFINE_LOAD(T)                                                                \
+    static inline __attribute__((always_inline)) fs_mask fs_load_##T(                   \
+        const T *restrict kernels, const int64_t i0, const int64_t stop,                \
+        const int64_t width, fs_vec *restrict x) {                                      \
+        const int64_t count = stop - i0 < FS_LANES ? stop - i0 : FS_LANES;              \
+        const T *k = kernels + i0 * width;                                              \
+        T padded[FS_LANES * FS_MAX_WIDTH];                                              \
+        if (count < FS_LANES) {                                                         \
+            memset(padded, 0, sizeof padded);                                           \
+            memcpy(padded, k, sizeof(T) * (size_t)(count * width));                     \
+            k = padded;                                                                 \
+        }                                                                               \
+        fs_load_tile_##T(k, width, x);                                                  \
+        const fs_mask present = {0 < count ? -1 : 0, 1 < count ? -1 : 0,                \
+                                 2 < count ? -1 : 0, 3 < count ? -1 : 0,                \
+                                 4 < count ? -1 : 0, 5 < count ? -1 : 0,                \
+                                 6 < count ? -1 : 0, 7 < count ? -1 : 0};               \
+        return present;                                                                 \
+    }
+
+FS_DEFINE_LOAD(float)
+FS_DEFINE_LOAD(double)
+
 /* One block [start, stop) of kernels of type T, with WIDTH values each. */
 #define FS_DEFINE_BLOCK(NAME, T, WIDTH)                                                  \
     static void NAME(const T *restrict kernels, const fs_pass_args *a, int64_t start,   \
@@ -224,21 +255,9 @@ static inline __attribute__((always_inline)) void fs_load_tile_float(
         fs_vec *restrict buffer = (fs_vec *)work;                                       \
         fs_vec n_sparse = fs_splat(0.0), n_valid = fs_splat(0.0);                      \
         for (int64_t t = 0; t < tiles; ++t) {                                           \
-            const int64_t i0 = start + t * FS_LANES;                                    \
-            const int64_t count = stop - i0 < FS_LANES ? stop - i0 : FS_LANES;          \
-            const T *k = kernels + i0 * width;                                          \
-            T padded[FS_LANES * FS_MAX_WIDTH];                                          \
-            if (count < FS_LANES) { /* the last tile: absent kernels are zeros */       \
-                memset(padded, 0, sizeof padded);                                       \
-                memcpy(padded, k, sizeof(T) * (size_t)(count * width));                 \
-                k = padded;                                                             \
-            }                                                                           \
-            const fs_mask present = {0 < count ? -1 : 0, 1 < count ? -1 : 0,            \
-                                     2 < count ? -1 : 0, 3 < count ? -1 : 0,            \
-                                     4 < count ? -1 : 0, 5 < count ? -1 : 0,            \
-                                     6 < count ? -1 : 0, 7 < count ? -1 : 0};           \
             fs_vec x[FS_MAX_WIDTH];                                                     \
-            fs_load_tile_##T(k, width, x);                                              \
+            const fs_mask present = fs_load_##T(kernels, start + t * FS_LANES, stop,    \
+                                                width, x);                              \
             fs_vec *restrict tile_work = buffer + t * stride;                           \
             fs_tile(a, width, x, present, threshold, all_sparse, &n_sparse, &n_valid,   \
                     tile_work, tile_work + width, FS_BLOCK / FS_LANES * stride);        \
@@ -305,18 +324,6 @@ FS_DEFINE_PASS(fs_pass_f64, fs_block_f64, fs_block9_f64, double)
  * write their number of sparse kernels, m <= threshold (m < threshold when strict)
  * compared in float64 as the fused pass does, every kernel when all_sparse; kernels
  * holding NaN/inf are left out with omit. */
-static inline __attribute__((always_inline)) fs_vec fs_tile_maxima(const fs_vec *x,
-                                                                   const int64_t width) {
-    const fs_mask abs_bits = (fs_mask)fs_splat(0.0) | INT64_MAX;
-    fs_vec top = fs_splat(0.0);
-    fs_mask nan = (fs_mask)top;
-    for (int64_t c = 0; c < width; ++c) {
-        const fs_vec mag = (fs_vec)((fs_mask)x[c] & abs_bits);
-        nan |= mag != mag;
-        top = fs_select(mag > top, mag, top);
-    }
-    return fs_select(nan, fs_splat((double)NAN), top);
-}
 
 /* FS_LANES values of type T, for storing a tile's maxima in one go. */
 typedef float fs_vec_float __attribute__((vector_size(FS_LANES * sizeof(float)), aligned(4)));
@@ -333,15 +340,8 @@ typedef double fs_vec_double __attribute__((vector_size(FS_LANES * sizeof(double
         fs_mask nan = (fs_mask)zero, finite = (fs_mask)zero - 1;                        \
         for (int64_t i0 = start; i0 < stop; i0 += FS_LANES) {                           \
             const int64_t count = stop - i0 < FS_LANES ? stop - i0 : FS_LANES;          \
-            const T *k = kernels + i0 * width;                                          \
-            T padded[FS_LANES * FS_MAX_WIDTH];                                          \
-            if (count < FS_LANES) { /* the last tile: absent kernels are zeros */       \
-                memset(padded, 0, sizeof padded);                                       \
-                memcpy(padded, k, sizeof(T) * (size_t)(count * width));                 \
-                k = padded;                                                             \
-            }                                                                           \
             fs_vec x[FS_MAX_WIDTH];                                                     \
-            fs_load_tile_##T(k, width, x);                                              \
+            const fs_mask present = fs_load_##T(kernels, i0, stop, width, x);           \
             const fs_vec m = fs_tile_maxima(x, width);                                  \
             if (count == FS_LANES) {                                                    \
                 const fs_vec_##T values = __builtin_convertvector(m, fs_vec_##T);       \
@@ -349,10 +349,6 @@ typedef double fs_vec_double __attribute__((vector_size(FS_LANES * sizeof(double
             } else {                                                                    \
                 for (int64_t l = 0; l < count; ++l) out[i0 + l] = (T)m[l];              \
             }                                                                           \
-            const fs_mask present = {0 < count ? -1 : 0, 1 < count ? -1 : 0,            \
-                                     2 < count ? -1 : 0, 3 < count ? -1 : 0,            \
-                                     4 < count ? -1 : 0, 5 < count ? -1 : 0,            \
-                                     6 < count ? -1 : 0, 7 < count ? -1 : 0};           \
             const fs_mask ok = m - m == zero; /* finite */                              \
             finite &= ok | ~present;                                                    \
             const fs_mask counted = omit ? ok & present : present;                      \
