@@ -14,7 +14,7 @@ from typing import Any
 from filterstats._files import atomic_write_text
 from filterstats._optional import require
 
-__all__ = ["RowTable"]
+__all__ = ["RowTable", "csv_value", "json_value"]
 
 
 class RowTable:
@@ -59,7 +59,7 @@ class RowTable:
         )
         writer.writeheader()
         for record in self.to_records():
-            writer.writerow({key: _csv_value(value) for key, value in record.items()})
+            writer.writerow({key: csv_value(value) for key, value in record.items()})
         text = buffer.getvalue()
         if path is not None:
             atomic_write_text(path, text)
@@ -75,7 +75,7 @@ class RowTable:
             The JSON text.
         """
         records = [
-            {key: _json_value(value) for key, value in record.items()}
+            {key: json_value(value) for key, value in record.items()}
             for record in self.to_records()
         ]
         text = json.dumps(records, indent=1, allow_nan=False)
@@ -93,15 +93,17 @@ class RowTable:
         return pd.DataFrame(self.to_records(), columns=[f.name for f in fields(self._row_type)])
 
 
-def _csv_value(value: Any) -> Any:
+def csv_value(value: Any) -> Any:
+    """A value as the CSV writers of the result tables write it (NaN as ``nan``)."""
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     return value
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A value as JSON can hold it: NaN and inf as ``None`` (JSON has neither)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN or inf (pandas writes null too)
+        return None  # as pandas writes them too
     if isinstance(value, (list, tuple)):
-        return [_json_value(item) for item in value]
+        return [json_value(item) for item in value]
     return value

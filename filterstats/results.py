@@ -24,6 +24,7 @@ from typing import Any
 
 from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
+from filterstats._tables import csv_value, json_value
 
 __all__ = ["SCHEMA_VERSION", "AnalysisParams", "FilterReport", "LayerRow", "read_report"]
 
@@ -212,7 +213,7 @@ class FilterReport(Sequence[LayerRow]):
         writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
         writer.writeheader()
         for record in self.to_records():
-            writer.writerow({k: _csv_value(v) for k, v in record.items()})
+            writer.writerow({k: csv_value(v) for k, v in record.items()})
         text = buffer.getvalue()
         if path is not None:
             atomic_write_text(path, text)
@@ -231,7 +232,7 @@ class FilterReport(Sequence[LayerRow]):
         """
         payload = {
             "filterstats": asdict(self.params),
-            "rows": [{k: _json_value(v) for k, v in r.items()} for r in self.to_records()],
+            "rows": [{k: json_value(v) for k, v in r.items()} for r in self.to_records()],
         }
         text = json.dumps(payload, indent=1, allow_nan=False)
         if path is not None:
@@ -329,18 +330,6 @@ def _shape_text(row: LayerRow) -> str:
 
 def _fmt(value: float, digits: int = 4) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    return value
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def _arrow_schema(pa: Any) -> Any:
