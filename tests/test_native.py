@@ -32,6 +32,15 @@ def layer(n: int, width: int, seed: int, dtype: torch.dtype = torch.float32) -> 
     return rows.to(dtype)
 
 
+def near_threshold_layer() -> torch.Tensor:
+    """A layer whose kernel 10 has max|x| = 0.01 * max|W| rounded to float32."""
+    rows = layer(64, 9, seed=4)
+    top = rows.abs().max().to(torch.float64)
+    rows[10] = 0.0
+    rows[10, 3] = float(0.01 * top)  # rounded to float32: either side of the threshold
+    return rows
+
+
 def run_pass(monkeypatch, rows, variants, *, native, eps=0.01, strict=False, omit=False):
     monkeypatch.setenv(_native.ENV_SWITCH, "1" if native else "0")
     top, _ = kernels.layer_maxabs(rows, omit_nonfinite=omit)  # as filterstats.metrics does
@@ -110,10 +119,7 @@ def test_native_pass_non_finite_kernels(monkeypatch, omit, bad):
 @pytest.mark.parametrize("strict", [False, True])
 def test_native_pass_threshold_boundary(monkeypatch, strict):
     """A kernel whose max|x| equals the threshold is sparse for <= only."""
-    rows = layer(64, 9, seed=4)
-    top = rows.abs().max().to(torch.float64)
-    rows[10] = 0.0
-    rows[10, 3] = float(0.01 * top)  # rounded to float32: either side of the threshold
+    rows = near_threshold_layer()
     native = run_pass(monkeypatch, rows, VARIANT_SETS[1], native=True, strict=strict)
     reference = run_pass(monkeypatch, rows, VARIANT_SETS[1], native=False, strict=strict)
     assert_same_pass(native, reference)
@@ -377,10 +383,7 @@ def test_one_read_sparsity_non_finite_kernels(monkeypatch, omit, bad):
 @needs_compiler
 @pytest.mark.parametrize("strict", [False, True])
 def test_one_read_sparsity_boundary_and_all_zero_layers(monkeypatch, strict):
-    rows = layer(64, 9, seed=4)
-    top = rows.abs().max().to(torch.float64)
-    rows[10] = 0.0
-    rows[10, 3] = float(0.01 * top)  # rounded to float32: either side of the threshold
+    rows = near_threshold_layer()
     assert_same_sparsity(
         one_read(monkeypatch, rows, strict=strict), two_reads(monkeypatch, rows, strict=strict)
     )

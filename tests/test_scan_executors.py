@@ -108,6 +108,25 @@ def skip_unless_this_machine_is_an_idle_slurm_node():
         pytest.skip(f"this machine ({host}) is no idle node of a Slurm cluster; see .ci/slurm.sh")
 
 
+def cancel_when_it_reports(marker: Path) -> tuple[threading.Thread, list[str]]:
+    """A thread that `scancel`s the task that `stalling_loader` writes into ``marker``."""
+    marker.unlink(missing_ok=True)
+    cancelled: list[str] = []
+
+    def cancel_the_stalled_task():
+        for _ in range(240):
+            if marker.exists() and marker.read_text():
+                task = marker.read_text()
+                subprocess.run(["scancel", task], timeout=20, check=True)
+                cancelled.append(task)
+                return
+            time.sleep(0.5)
+
+    canceller = threading.Thread(target=cancel_the_stalled_task, daemon=True)
+    canceller.start()
+    return canceller, cancelled
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_slurm_executor_on_a_real_cluster_gives_the_same_store(local_store, tmp_path):
@@ -152,20 +171,7 @@ def test_a_task_cancelled_on_slurm_is_a_failure_and_a_rerun_completes_it(local_s
     specs, local, expected = local_store
     stalled = next(spec for spec in specs if spec.endswith("model_2.pt"))
     marker = Path(stalled + ".slurm-task")
-    marker.unlink(missing_ok=True)
-    cancelled = []
-
-    def cancel_the_stalled_task():
-        for _ in range(240):
-            if marker.exists() and marker.read_text():
-                task = marker.read_text()
-                subprocess.run(["scancel", task], timeout=20, check=True)
-                cancelled.append(task)
-                return
-            time.sleep(0.5)
-
-    canceller = threading.Thread(target=cancel_the_stalled_task, daemon=True)
-    canceller.start()
+    canceller, cancelled = cancel_when_it_reports(marker)
     options = {"folder": tmp_path / "logs", "cluster": "slurm", "poll_seconds": 0.5, "time_min": 5}
     summary = scan(
         specs,
@@ -205,20 +211,7 @@ def test_without_job_accounting_a_cancelled_task_is_a_failure_not_a_hang(
     specs, local, expected = local_store
     stalled = next(spec for spec in specs if spec.endswith("model_2.pt"))
     marker = Path(stalled + ".slurm-task")
-    marker.unlink(missing_ok=True)
-    cancelled = []
-
-    def cancel_the_stalled_task():
-        for _ in range(240):
-            if marker.exists() and marker.read_text():
-                task = marker.read_text()
-                subprocess.run(["scancel", task], timeout=20, check=True)
-                cancelled.append(task)
-                return
-            time.sleep(0.5)
-
-    canceller = threading.Thread(target=cancel_the_stalled_task, daemon=True)
-    canceller.start()
+    canceller, cancelled = cancel_when_it_reports(marker)
     options = {
         "folder": tmp_path / "logs",
         "cluster": "slurm",
