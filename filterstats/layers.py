@@ -9,7 +9,71 @@ from typing import overload
 
 from torch import Tensor
 
-__all__ = ["ConvLayer", "FilterSet", "SkippedLayer"]
+from filterstats._checks import normalize_kernel_size
+
+__all__ = [
+    "ROOT_NAME",
+    "ConvLayer",
+    "FilterSet",
+    "KernelSelection",
+    "SkippedLayer",
+    "kernel_matches",
+    "layer_name",
+    "selection_text",
+]
+
+#: Name of a convolution that is the model itself (``fs.analyze(nn.Conv2d(...))``, or a
+#: state dict whose weight key is plain ``"weight"``): its module path is empty.
+ROOT_NAME = "(root)"
+
+#: A kernel-size selection: a tuple (exactly this size), an int ``k`` (every
+#: dimension ``k``) or ``None`` (every size).
+KernelSelection = int | tuple[int, ...] | None
+
+
+def layer_name(module_path: str) -> str:
+    """The layer name of a module path: the path itself, ``ROOT_NAME`` for ``""``.
+
+    Args:
+        module_path: Dotted path as in ``named_modules()`` (``"layer1.0.conv1"``).
+
+    Returns:
+        The name used in every table.
+    """
+    return module_path or ROOT_NAME
+
+
+def kernel_matches(kernel: tuple[int, ...], wanted: KernelSelection) -> bool:
+    """Whether a kernel size is selected by ``wanted`` (see ``KernelSelection``).
+
+    Args:
+        kernel: Spatial kernel size, e.g. ``(3, 3)``.
+        wanted: The selection.
+
+    Returns:
+        ``True`` when the kernel is selected.
+    """
+    if wanted is None:
+        return True
+    if isinstance(wanted, int):
+        return all(k == wanted for k in kernel)
+    return tuple(kernel) == tuple(wanted)
+
+
+def selection_text(wanted: KernelSelection) -> str:
+    """A selection as recorded in reports: ``"3x3"``, ``"3x..."`` (int) or ``"all"``.
+
+    Args:
+        wanted: The selection.
+
+    Returns:
+        The text.
+    """
+    if wanted is None:
+        return "all"
+    if isinstance(wanted, int):
+        return f"{wanted}x..."
+    return "x".join(str(k) for k in wanted)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,15 +138,56 @@ class ConvLayer:
 class SkippedLayer:
     """A convolution that was found but not selected, and why.
 
+    What is known of the layer is kept (a layer skipped for its kernel size still
+    has its channels, kernel and depth); the rest is ``None``.
+
     Attributes:
         name: Full module path.
         module_type: Class name of the module.
         reason: Human-readable reason, e.g. ``"kernel size (1, 1) is not (3, 3)"``.
+        in_channels: Input channels, when known.
+        out_channels: Output channels, when known.
+        groups: Convolution groups, when known.
+        kernel_size: Spatial kernel size, when known.
+        depth: Graph depth, when known.
+        conv_depth: Conv depth rank, when known.
+        conv_depth_norm: Normalised conv depth, when known.
     """
 
     name: str
     module_type: str
     reason: str
+    in_channels: int | None = None
+    out_channels: int | None = None
+    groups: int | None = None
+    kernel_size: tuple[int, ...] | None = None
+    depth: int | None = None
+    conv_depth: int | None = None
+    conv_depth_norm: float | None = None
+
+    @classmethod
+    def of(cls, layer: ConvLayer, reason: str) -> SkippedLayer:
+        """A skipped entry for a layer that was read, keeping its metadata.
+
+        Args:
+            layer: The layer.
+            reason: Why it is not measured.
+
+        Returns:
+            The entry.
+        """
+        return cls(
+            layer.name,
+            layer.module_type,
+            reason,
+            in_channels=layer.in_channels,
+            out_channels=layer.out_channels,
+            groups=layer.groups,
+            kernel_size=layer.kernel_size,
+            depth=layer.depth,
+            conv_depth=layer.conv_depth,
+            conv_depth_norm=layer.conv_depth_norm,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,22 +198,77 @@ class FilterSet(Sequence[ConvLayer]):
     by position or by layer name. ``len(layers) + len(skipped)`` equals the number
     of convolution modules found.
 
+    Kernel sizes are selected in one place, [`select`][filterstats.FilterSet.select];
+    ``kernel_size`` records the selection applied so far (``None``: every size).
+
     Attributes:
         layers: Selected layers, in ``named_modules()`` order.
-        skipped: Convolutions not selected, each with its reason.
+        skipped: Convolutions not selected, each with its reason, in model order.
         depth_method: How depths were obtained: ``"fx"``, ``"forward"``,
             ``"onnx"``, ``"registration"`` or ``"state_dict"``.
         source: Description of the input (model class name, file name).
+        kernel_size: The kernel-size selection applied (``None``: every size).
+        order: Names of every convolution found (layers and skipped), in model
+            order; keeps ``skipped`` in that order after a selection.
     """
 
     layers: tuple[ConvLayer, ...]
     skipped: tuple[SkippedLayer, ...] = ()
     depth_method: str = "registration"
     source: str = ""
+    kernel_size: KernelSelection = None
+    order: tuple[str, ...] = ()
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {layer.name: i for i, layer in enumerate(self.layers)})
+        if not self.order:
+            names = [layer.name for layer in self.layers] + [s.name for s in self.skipped]
+            object.__setattr__(self, "order", tuple(names))
+
+    def select(self, kernel_size: KernelSelection) -> FilterSet:
+        """The layers of one kernel size; the others move to ``skipped`` with the reason.
+
+        The one place where filterstats selects kernel sizes: every function that
+        takes a model calls it. A selection narrows: selecting ``None`` (every size)
+        on a set already selected keeps that selection (``kernel_size`` says which
+        was applied).
+
+        Args:
+            kernel_size: ``(3, 3)`` (exactly this size), ``3`` (every dimension 3)
+                or ``None`` (every size).
+
+        Returns:
+            The selected set (``self`` when nothing changes).
+
+        Examples:
+            >>> import torch, filterstats as fs
+            >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 1))
+            >>> every = fs.extract_filters(net, kernel_size=None)
+            >>> every.select((3, 3)).names, [s.reason for s in every.select((3, 3)).skipped]
+            (('0',), ['kernel size (1, 1) is not (3, 3)'])
+        """
+        wanted = normalize_kernel_size(kernel_size)
+        if wanted is None or wanted == self.kernel_size:
+            return self
+        keep = [layer for layer in self.layers if kernel_matches(layer.kernel_size, wanted)]
+        moved = [
+            SkippedLayer.of(layer, f"kernel size {layer.kernel_size} is not {_describe(wanted)}")
+            for layer in self.layers
+            if not kernel_matches(layer.kernel_size, wanted)
+        ]
+        position = {name: i for i, name in enumerate(self.order)}
+        skipped = sorted(
+            [*self.skipped, *moved], key=lambda item: position.get(item.name, len(position))
+        )
+        return FilterSet(
+            tuple(keep),
+            tuple(skipped),
+            self.depth_method,
+            self.source,
+            kernel_size=wanted,
+            order=self.order,
+        )
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -132,7 +292,14 @@ class FilterSet(Sequence[ConvLayer]):
                     f"{'...' if len(self._index) > 8 else ''}"
                 ) from None
         if isinstance(key, slice):
-            return FilterSet(self.layers[key], self.skipped, self.depth_method, self.source)
+            return FilterSet(
+                self.layers[key],
+                self.skipped,
+                self.depth_method,
+                self.source,
+                kernel_size=self.kernel_size,
+                order=self.order,
+            )
         return self.layers[key]
 
     def __contains__(self, key: object) -> bool:
@@ -159,7 +326,7 @@ class FilterSet(Sequence[ConvLayer]):
         lines = [
             f"FilterSet({self.source or 'model'}: {len(self.layers)} layers, "
             f"{self.n_filters:,} filters, {len(self.skipped)} skipped, "
-            f"depth by {self.depth_method})"
+            f"kernel {selection_text(self.kernel_size)}, depth by {self.depth_method})"
         ]
         for layer in self.layers[:20]:
             shape = "x".join(str(s) for s in layer.weight.shape)
@@ -172,3 +339,7 @@ class FilterSet(Sequence[ConvLayer]):
         if len(self.skipped) > 10:
             lines.append(f"  ... {len(self.skipped) - 10} more skipped")
         return "\n".join(lines)
+
+
+def _describe(wanted: KernelSelection) -> str:
+    return f"{wanted}x..." if isinstance(wanted, int) else str(wanted)
