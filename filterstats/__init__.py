@@ -8,6 +8,7 @@ sparsity, diversity (variance entropy) and orthogonality of every convolution.
 from __future__ import annotations
 
 from filterstats import demo
+from filterstats._version import __version__
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
 from filterstats.checkpoints import CheckpointError, load_state_dict
@@ -19,15 +20,14 @@ from filterstats.distribution import (
     histogram_divergence,
     pca_basis,
 )
-from filterstats.extract import extract_filters, register_effective_weight
+from filterstats.extract import register_effective_weight
 from filterstats.html import report
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
+from filterstats.resolve import extract_filters
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
 from filterstats.scanning import ScanSummary, open_filters, open_store, scan
 from filterstats.zoo.specs import load_model
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "AnalysisParams",

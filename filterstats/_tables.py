@@ -14,7 +14,35 @@ from typing import Any
 from filterstats._files import atomic_write_text
 from filterstats._optional import require
 
-__all__ = ["RowTable", "csv_value", "json_value"]
+__all__ = ["MetricAttributes", "RowTable", "csv_value", "json_value"]
+
+
+class MetricAttributes:
+    """Mixin: the values of a ``metrics`` mapping read as attributes (``row.diversity``).
+
+    Rows hold their metrics in one mapping keyed by the names of
+    [`filterstats.metric_table`][filterstats.metric_table], so that a new metric needs
+    no new field anywhere. A metric of the table that a row does not hold reads as
+    NaN (``_missing_metric``); any other unknown name is an ``AttributeError``.
+    """
+
+    metrics: Any
+    _missing_metric: Any = math.nan
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            values = object.__getattribute__(self, "metrics")
+        except AttributeError:
+            raise AttributeError(name) from None
+        if name in values:
+            return values[name]
+        from filterstats.metric_table import names
+
+        if name in names() and self._missing_metric is not None:
+            return self._missing_metric
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 class RowTable:
@@ -26,6 +54,11 @@ class RowTable:
 
     rows: tuple[Any, ...]
     _row_type: type
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Column names of the exported table, in order."""
+        return tuple(f.name for f in fields(self._row_type))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -54,9 +87,7 @@ class RowTable:
             The CSV text.
         """
         buffer = io.StringIO()
-        writer = csv.DictWriter(
-            buffer, fieldnames=[f.name for f in fields(self._row_type)], lineterminator="\n"
-        )
+        writer = csv.DictWriter(buffer, fieldnames=list(self.columns), lineterminator="\n")
         writer.writeheader()
         for record in self.to_records():
             writer.writerow({key: csv_value(value) for key, value in record.items()})
@@ -90,7 +121,7 @@ class RowTable:
             A DataFrame with one row per row of the table.
         """
         pd = require("pandas", extra="pandas")
-        return pd.DataFrame(self.to_records(), columns=[f.name for f in fields(self._row_type)])
+        return pd.DataFrame(self.to_records(), columns=list(self.columns))
 
 
 def csv_value(value: Any) -> Any:

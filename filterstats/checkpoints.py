@@ -11,6 +11,17 @@ that says what the file is and what to do: a missing file (with its exact
 path), a directory, an empty file, an HTML page saved by a failed download, a
 truncated or corrupt archive, an unknown format, and a checkpoint whose pickle
 needs code (``weights_only=True`` refused it).
+
+This module is also the one place that turns what a file (or ``torch.save``) holds
+into a state dict: one list of wrapper entries (``WRAPPER_KEYS``), one prefix rule
+(``strip_wrapper_prefixes``) and one rule for Lightning checkpoints, used by the
+file loaders and by ``extract_filters`` on in-memory dicts alike.
+
+TorchScript archives (``torch.jit.save``) are recognised by their content (a
+``constants.pkl`` and ``code/`` inside the zip), not by a suffix, and read with
+``torch.jit.load``: it builds the model from the archive's TorchScript code and
+restricted pickles, and unpickles no Python code (TorchScript ``__setstate__``
+methods of the archive do run, as in any ``torch.jit.load``).
 """
 
 from __future__ import annotations
@@ -28,11 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from filterstats._optional import require
-
 __all__ = [
+    "LIGHTNING_KEYS",
     "WRAPPER_KEYS",
+    "WRAPPER_SEGMENTS",
     "CheckpointError",
+    "UnorderedStateDict",
+    "is_torchscript_archive",
     "load_state_dict",
     "read_checkpoint",
     "strip_wrapper_prefixes",
@@ -41,12 +54,27 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Entries that hold the state dict inside a training checkpoint, tried in order.
-#: ``"last"`` is how some RobustBench checkpoints store their final weights.
-WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "last")
+#: Entries that hold the state dict inside a training checkpoint, tried in order (the
+#: first that holds tensors wins, nested up to four levels): plain weights before
+#: EMA weights. ``"last"`` is how some RobustBench checkpoints store their final weights.
+WRAPPER_KEYS: tuple[str, ...] = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+    "network",
+    "state_dict_ema",
+    "model_ema",
+    "ema",
+    "last",
+)
 
-#: Prefixes added by ``DataParallel``/``DistributedDataParallel`` and ``torch.compile``.
-_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+#: Path segments added by ``DataParallel``/``DistributedDataParallel`` (``module``)
+#: and ``torch.compile`` (``_orig_mod``); removed wherever they occur in a name.
+WRAPPER_SEGMENTS: tuple[str, ...] = ("module", "_orig_mod")
+
+#: Entries by which a checkpoint written by PyTorch Lightning is recognised.
+LIGHTNING_KEYS: tuple[str, ...] = ("pytorch-lightning_version", "lightning_version")
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_MAGIC = b"\x80"
@@ -57,6 +85,15 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, not a checkpoint, corrupt, or refused as unsafe."""
 
 
+class UnorderedStateDict(dict):  # type: ignore[type-arg]
+    """A state dict whose key order is not the model's order.
+
+    safetensors files store their tensors sorted by name, so the order in which
+    ``torch.save`` would keep a model's layers is lost; depths cannot be taken from
+    the position of a key (``extract_filters`` leaves them unknown and says so).
+    """
+
+
 def load_state_dict(
     path: str | os.PathLike[str], *, trust_pickle: bool = False
 ) -> dict[str, Tensor]:
@@ -64,7 +101,7 @@ def load_state_dict(
 
     Reads ``.pt``/``.pth``/``.bin``/``.ckpt`` files written by ``torch.save``
     with ``torch.load(weights_only=True)`` (memory-mapped for the zip format),
-    and ``.safetensors`` files with ``safetensors`` (extra ``timm``). The format
+    and ``.safetensors`` files with ``safetensors``. The format
     is recognised from the file's first bytes, not its suffix.
 
     The state dict is unwrapped from training checkpoints (the first of
@@ -106,7 +143,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
 
     Returns:
         What the file holds: usually a dict (a state dict or a training
-        checkpoint); with ``trust_pickle=True`` possibly a whole module.
+        checkpoint); a ``torch.jit.ScriptModule`` for a TorchScript archive; with
+        ``trust_pickle=True`` possibly a whole module.
 
     Raises:
         CheckpointError: As [`load_state_dict`][filterstats.checkpoints.load_state_dict].
@@ -114,21 +152,36 @@ def read_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
     file = Path(path)
     kind = _sniff(file)
     if kind == "safetensors":
-        safetensors_torch = require("safetensors.torch", extra="timm")
+        import safetensors.torch as safetensors_torch  # a core dependency, imported on use
+
         try:
-            return safetensors_torch.load_file(str(file), device="cpu")
+            return UnorderedStateDict(safetensors_torch.load_file(str(file), device="cpu"))
         except Exception as error:
             raise CheckpointError(
                 f"{file} looks like a safetensors file but cannot be read ({error}); the file is "
                 "probably truncated or corrupt: download it again."
             ) from error
     if kind == "zip":
-        _check_zip(file)
+        if _check_zip(file):
+            return _jit_load(file)
     return _torch_load(file, mmap=kind == "zip", trust_pickle=trust_pickle)
 
 
 def to_state_dict(checkpoint: Any, *, source: str = "checkpoint") -> dict[str, Tensor]:
     """Find the state dict inside a loaded checkpoint and clean its keys.
+
+    The rules (the same for files and in-memory dicts):
+
+    1. A module gives its ``state_dict()``; a mapping that holds tensors is the state
+       dict; otherwise the first entry of ``WRAPPER_KEYS`` that holds one (nested up
+       to four levels).
+    2. Every ``module`` / ``_orig_mod`` path segment (``DataParallel``,
+       ``torch.compile``) is removed from the keys (``strip_wrapper_prefixes``).
+    3. A Lightning checkpoint (it has a ``pytorch-lightning_version`` entry) whose
+       tensors all sit under one attribute of the ``LightningModule`` (``model.``,
+       ``net.``, ...) loses that first segment, so its names are those of the
+       network itself, as a plain ``state_dict()`` of it has them.
+    4. Entries that are not tensors (epoch counters, optimiser settings) are dropped.
 
     Args:
         checkpoint: A state dict, a training checkpoint holding one under one of
@@ -136,7 +189,7 @@ def to_state_dict(checkpoint: Any, *, source: str = "checkpoint") -> dict[str, T
         source: Name used in error messages (the file path).
 
     Returns:
-        Tensors by name, ``module.``/``_orig_mod.`` prefixes stripped.
+        Tensors by name, wrapper segments stripped.
 
     Raises:
         CheckpointError: If no tensor is found, or two keys collide after the
@@ -160,7 +213,7 @@ def to_state_dict(checkpoint: Any, *, source: str = "checkpoint") -> dict[str, T
         if name in state:
             raise CheckpointError(
                 f"{source}: keys {key!r} and another collide as {name!r} once the "
-                f"{list(_WRAPPER_PREFIXES)} prefixes are stripped; the file mixes wrapped and "
+                f"{list(WRAPPER_SEGMENTS)} segments are stripped; the file mixes wrapped and "
                 "unwrapped weights. Save `model.state_dict()` of the unwrapped model."
             )
         state[name] = value
@@ -168,26 +221,56 @@ def to_state_dict(checkpoint: Any, *, source: str = "checkpoint") -> dict[str, T
         logger.debug(
             "%s: dropped %d non-tensor entries, e.g. %s", source, len(dropped), dropped[:5]
         )
-    return state
+    if isinstance(checkpoint, Mapping) and any(key in checkpoint for key in LIGHTNING_KEYS):
+        state = _strip_common_segment(state)
+    return UnorderedStateDict(state) if isinstance(found, UnorderedStateDict) else state
+
+
+def _strip_common_segment(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the first path segment when every key has the same one (and more after it)."""
+    heads = {key.partition(".")[0] for key in state}
+    if len(heads) != 1 or not all("." in key for key in state):
+        return state
+    return {key.partition(".")[2]: value for key, value in state.items()}
 
 
 def strip_wrapper_prefixes(name: str) -> str:
-    """Remove leading ``module.`` and ``_orig_mod.`` (in any order, repeated) from a key.
+    """Remove every ``module`` and ``_orig_mod`` path segment from a name.
+
+    The one prefix rule of filterstats: applied to state-dict keys and to module
+    paths alike, so a wrapped model, its state dict and its checkpoint give the same
+    layer names.
 
     Args:
-        name: A state-dict key, e.g. ``"module._orig_mod.conv1.weight"``.
+        name: A state-dict key or module path, e.g. ``"module._orig_mod.conv1.weight"``.
 
     Returns:
-        The key without wrapper prefixes, e.g. ``"conv1.weight"``.
+        The name without wrapper segments, e.g. ``"conv1.weight"``.
     """
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-                changed = True
-    return name
+    parts = [part for part in name.split(".") if part not in WRAPPER_SEGMENTS]
+    return ".".join(parts)
+
+
+def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is a TorchScript archive (``torch.jit.save``), by its content.
+
+    Args:
+        path: The file.
+
+    Returns:
+        ``True`` for a zip holding ``*/constants.pkl`` and ``*/code/`` entries.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return _torchscript_names(names)
+
+
+def _torchscript_names(names: list[str]) -> bool:
+    tops = {name.split("/", 1)[1] if "/" in name else name for name in names}
+    return "constants.pkl" in tops and any(top.startswith("code/") for top in tops)
 
 
 def _unwrap(checkpoint: Any, _level: int = 0) -> Mapping[str, Any] | None:
@@ -245,11 +328,13 @@ def _sniff(file: Path) -> str:
     )
 
 
-def _check_zip(file: Path) -> None:
+def _check_zip(file: Path) -> bool:
+    """Check every member's CRC; return whether the archive is a TorchScript archive."""
     try:
         with zipfile.ZipFile(file) as archive:
             for info in archive.infolist():
                 _check_crc(archive, info)
+            return _torchscript_names(archive.namelist())
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise CheckpointError(
             f"{file} is a truncated or corrupt torch.save archive ({error}); it was probably cut "
@@ -271,6 +356,17 @@ def _check_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
             pass
 
 
+def _jit_load(file: Path) -> Any:
+    try:
+        return torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as error:
+        raise CheckpointError(
+            f"{file} is a TorchScript archive (torch.jit.save) that torch.jit.load cannot "
+            f"read ({type(error).__name__}: {_first_line(error)}); it may have been saved by a "
+            "newer PyTorch or with custom TorchScript classes that are not registered here."
+        ) from error
+
+
 def _torch_load(file: Path, *, mmap: bool, trust_pickle: bool) -> Any:
     try:
         if trust_pickle:
@@ -284,7 +380,8 @@ def _torch_load(file: Path, *, mmap: bool, trust_pickle: bool) -> Any:
                 f"allows only tensors and plain containers. Refused because: "
                 f"{_first_line(error)}. Prefer a checkpoint of `model.state_dict()` or a "
                 "safetensors file. If you trust the file's source, opt in explicitly with "
-                "`trust_pickle=True` (CLI: --trust-pickle); it can run arbitrary code."
+                "`trust_pickle=True` (extract_filters, analyze, load_model, scan) or "
+                "--trust-pickle on the command line; it can run arbitrary code."
                 + (
                     ""
                     if mmap

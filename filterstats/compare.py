@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
+from filterstats import metric_table
 from filterstats._checks import check_choice
 from filterstats._optional import require
 from filterstats._stats import bootstrap_mean_ci, mann_whitney, paired_wilcoxon
 from filterstats._tables import RowTable
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import (
-    AGGREGATED,
     DepthProfile,
     aggregate_rows,
     assign_depth_bins,
@@ -56,7 +57,8 @@ Match = Literal["auto", "name", "depth"]
 Twins = Literal["per_pair", "unique"]
 Unit = Literal["auto", "pair", "layer"]
 
-DEFAULT_METRICS = ("sparsity", "diversity", "orthogonality")
+#: The metrics compared by default: those the metric table marks ``default``.
+DEFAULT_METRICS = metric_table.default_metrics()
 
 
 # --------------------------------------------------------------------------- rows
@@ -674,13 +676,14 @@ def _resolve_group(group: Any, name: str, analyze_kwargs: Mapping[str, Any]) -> 
         if id(item) not in cache:
             if isinstance(item, FilterReport):
                 cache[id(item)] = _split(item)
-            elif isinstance(item, (nn.Module, FilterSet, Mapping, str)):
+            elif isinstance(item, (nn.Module, FilterSet, Mapping, Tensor, str, os.PathLike)):
                 label = f"{name}[{i}]" if many else name
                 cache[id(item)] = [analyze(item, label=label, **analyze_kwargs)]
             else:
                 raise TypeError(
-                    f"`{name}` items must be models, FilterSets, FilterReports or lists of "
-                    f"them, got {type(item).__name__} at position {i}."
+                    f"`{name}` items must be models (anything extract_filters takes: modules, "
+                    f"state dicts, paths or spec strings, FilterSets), FilterReports or lists "
+                    f"of them, got {type(item).__name__} at position {i}."
                 )
         reports.extend(cache[id(item)])
     return reports
@@ -760,9 +763,11 @@ def _index(key: int | str, names: list[str], side: str, k: int) -> int:
     return int(key)
 
 
-def _signature(report: FilterReport) -> tuple[tuple[Any, ...], ...]:
-    return tuple(
-        (r.layer, r.out_channels, r.in_channels, r.groups, r.kernel_size) for r in report.measured
+def _signature(report: FilterReport) -> frozenset[tuple[Any, ...]]:
+    """Layer names and weight shapes: what every door knows (groups: not state dicts)."""
+    return frozenset(
+        (r.layer, r.out_channels, (r.in_channels or 0) // (r.groups or 1), r.kernel_size)
+        for r in report.measured
     )
 
 
@@ -779,8 +784,10 @@ def _match_by_name(
             continue
         for metric in metrics:
             rows.append(
-                MatchRow(p, label_a, label_b, name, row_a.conv_depth, row_a.conv_depth_norm,
-                         metric, getattr(row_a, metric), getattr(row_b, metric))
+                MatchRow(p, label_a, label_b, name,
+                         -1 if row_a.conv_depth is None else row_a.conv_depth,
+                         row_a.conv_depth_norm, metric, getattr(row_a, metric),
+                         getattr(row_b, metric))
             )  # fmt: skip
     missing = [f"pair {p}: {n} only in {label_a}" for n in a_rows if n not in b_rows]
     missing += [f"pair {p}: {n} only in {label_b}" for n in b_rows if n not in a_rows]
@@ -847,8 +854,9 @@ def compare(
             ``"depth"``: match depth bins (the paper's aggregates); ``"auto"``: by
             name when every pair has identical layers (names and shapes), else by
             depth. The choice is logged and stored in ``Comparison.match``.
-        metrics: Columns to compare (any of ``sparsity``, ``diversity``,
-            ``diversity_clean``, ``entropy_raw``, ``orthogonality``).
+        metrics: Columns to compare: pooled metrics of
+            [`filterstats.metric_table`][filterstats.metric_table] (default: the
+            paper's three).
         twins: ``"per_pair"``: a model in several pairs counts once per pair in the
             group-level statistics and profiles (the paper); ``"unique"``: once.
         bins: Number of normalised-depth bins (10: the paper's deciles).
@@ -876,9 +884,10 @@ def compare(
     check_choice("match", match, ("auto", "name", "depth"))
     check_choice("twins", twins, ("per_pair", "unique"))
     _check_boot(n_boot, confidence)
-    unknown = [m for m in metrics if m not in AGGREGATED]
+    pooled = metric_table.aggregated_metrics()
+    unknown = [m for m in metrics if m not in pooled]
     if unknown or not metrics:
-        raise ValueError(f"`metrics` must be a non-empty subset of {AGGREGATED}, got {metrics!r}.")
+        raise ValueError(f"`metrics` must be a non-empty subset of {pooled}, got {metrics!r}.")
     if len(labels) != 2 or labels[0] == labels[1]:
         raise ValueError(f"`labels` must be two different names, got {labels!r}.")
     group_a = _resolve_group(a, labels[0], analyze_kwargs)

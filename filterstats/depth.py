@@ -30,12 +30,18 @@ from filterstats._warnings import FilterStatsWarning
 __all__ = ["conv_depth_ranks", "forward_depths", "fx_depths", "graph_depths"]
 
 
-def fx_depths(model: nn.Module, is_conv: Callable[[nn.Module], bool]) -> dict[str, int]:
+def fx_depths(
+    model: nn.Module,
+    is_conv: Callable[[nn.Module], bool],
+    conv_names: dict[nn.Module, list[str]] | None = None,
+) -> dict[str, int]:
     """Depth of every convolution by symbolic tracing.
 
     Args:
         model: The (unwrapped) model.
         is_conv: Predicate: which modules are convolutions (kept as graph leaves).
+        conv_names: ``{conv module: [its names]}``: the names to report each called
+            module under; default: the path the graph calls it by.
 
     Returns:
         ``{module path: depth}``; depth counts graph nodes from the input (0).
@@ -59,9 +65,13 @@ def fx_depths(model: nn.Module, is_conv: Callable[[nn.Module], bool]) -> dict[st
         if not inputs:
             continue  # constants and parameters are not on a path from the input
         depth[node] = max(inputs) + 1
-        if node.op == "call_module" and is_conv(model.get_submodule(str(node.target))):
-            name = str(node.target)
-            result[name] = max(result.get(name, 0), depth[node])
+        if node.op != "call_module":
+            continue
+        module = model.get_submodule(str(node.target))
+        if is_conv(module):
+            names = conv_names.get(module, [str(node.target)]) if conv_names else [str(node.target)]
+            for name in names:
+                result[name] = max(result.get(name, 0), depth[node])
     return result
 
 
@@ -164,7 +174,7 @@ def graph_depths(
     errors: list[str] = []
     if method in ("auto", "fx"):
         try:
-            return fx_depths(model, is_conv), "fx"
+            return fx_depths(model, is_conv, conv_names), "fx"
         except Exception as error:  # tracing fails in many legitimate ways
             if method == "fx":
                 raise RuntimeError(

@@ -6,7 +6,9 @@ cut into right-closed deciles of ``conv_depth_norm``, ``(0.0, 0.1]`` ... ``(0.9,
 (``pandas.cut(x, numpy.linspace(0, 1, 11))``). The CNN Filter DB instead includes the
 lowest edge (``include_lowest=True``: ``[0.0, 0.1]``) and has no separate first bin.
 
-Within each (model, bin) the layers are pooled as in the paper:
+Within each (model, bin) the layers are pooled as in the paper, each metric weighted
+by the layer column its row of [`filterstats.metric_table`][filterstats.metric_table]
+names:
 
 * sparsity: sparse kernels / kernels (a mean weighted by ``n_filters``);
 * diversity: the mean of the layer entropies weighted by the non-sparse kernel counts;
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from filterstats._tables import RowTable
+from filterstats import metric_table
+from filterstats._tables import MetricAttributes, RowTable
 from filterstats._text import fmt, render_table
 from filterstats.results import FilterReport, LayerRow
 
@@ -43,9 +47,6 @@ __all__ = [
 
 #: Label of the bin holding the first conv depth (``conv_depth == 0``).
 FIRST_BIN = "first"
-
-#: Aggregated metrics and the column weighting each (``None``: see ``diversity``).
-AGGREGATED = ("sparsity", "diversity", "diversity_clean", "entropy_raw", "orthogonality")
 
 
 def _edge_text(value: float) -> str:
@@ -86,7 +87,7 @@ def depth_bin_labels(
 
 
 def assign_depth_bins(
-    conv_depth: Sequence[int] | Iterable[int],
+    conv_depth: Sequence[int | None] | Iterable[int | None],
     conv_depth_norm: Sequence[float] | Iterable[float],
     *,
     bins: int = 10,
@@ -102,7 +103,7 @@ def assign_depth_bins(
     ``include_lowest``. Unknown depths (``conv_depth < 0`` or NaN) give ``None``.
 
     Args:
-        conv_depth: Conv depth rank per layer (0 = first).
+        conv_depth: Conv depth rank per layer (0 = first; ``None`` or negative: unknown).
         conv_depth_norm: Normalised conv depth per layer, in [0, 1].
         bins: Number of equal-width bins.
         first_bin: Give the first conv depth its own bin (paper).
@@ -125,9 +126,11 @@ def assign_depth_bins(
     index = np.searchsorted(edges, norms, side="left") - 1
     result: list[str | None] = []
     for rank, norm, i in zip(ranks, norms, index):
-        if first_bin and rank == 0:
+        if rank is None or rank < 0:
+            result.append(None)
+        elif first_bin and rank == 0:
             result.append(FIRST_BIN)
-        elif rank < 0 or not math.isfinite(norm) or norm > 1.0:
+        elif not math.isfinite(norm) or norm > 1.0:
             result.append(None)
         elif i < 0:  # norm == 0 (or below): only a left-closed lowest bin holds it
             result.append(labels[0] if include_lowest and norm == 0.0 else None)
@@ -137,8 +140,11 @@ def assign_depth_bins(
 
 
 @dataclass(frozen=True)
-class ProfileRow:
+class ProfileRow(MetricAttributes):
     """Aggregated metrics of one model in one depth bin.
+
+    The pooled metric values are in ``metrics`` and read as attributes
+    (``row.diversity``).
 
     Attributes:
         model: Model label.
@@ -149,12 +155,8 @@ class ProfileRow:
         n_nonsparse: Non-sparse kernels in the bin.
         out_channels: Output filters in the bin.
         conv_depth_norm: Mean normalised depth of the bin's layers.
-        sparsity: Sparse kernels / kernels.
-        diversity: Layer ``diversity`` weighted by non-sparse kernels (by kernels when
-            the report kept sparse kernels).
-        diversity_clean: Layer ``diversity_clean`` weighted by non-sparse kernels.
-        entropy_raw: Layer ``entropy_raw`` weighted by kernels.
-        orthogonality: Layer orthogonality weighted by output filters.
+        metrics: ``{metric: pooled value}`` for every pooled metric of the table
+            (weights: see [`aggregate_rows`][filterstats.depth_bins.aggregate_rows]).
     """
 
     model: str
@@ -165,11 +167,7 @@ class ProfileRow:
     n_nonsparse: int
     out_channels: int
     conv_depth_norm: float
-    sparsity: float
-    diversity: float
-    diversity_clean: float
-    entropy_raw: float
-    orthogonality: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 def _weighted_mean(values: list[float], weights: list[float], nan_in_denominator: bool) -> float:
@@ -189,34 +187,35 @@ def aggregate_rows(
 ) -> dict[str, float]:
     """Pool the metrics of several layers of one model, weighted as in the paper.
 
+    Each pooled metric of [`filterstats.metric_table`][filterstats.metric_table] is the
+    mean of the layer values weighted by the column its row names (``weight``);
+    layers with a NaN value are left out of numerator and denominator, unless
+    ``nan_in_denominator`` and the metric is one the paper's code counted there.
+
     Args:
         rows: Measured layers (``status == "ok"``) of one model.
-        drop_sparse: Whether the ``diversity`` column left out sparse kernels (then it
-            is weighted by non-sparse kernels, else by all kernels).
+        drop_sparse: Whether the report's definition left sparse kernels out (then
+            ``diversity`` is weighted by non-sparse kernels, else by all kernels).
         nan_in_denominator: Count layers with a NaN entropy in the denominator
             (the paper's code; biased towards 0).
 
     Returns:
-        ``{metric: value}`` for every name in ``AGGREGATED``; NaN when nothing counts.
+        ``{metric: value}`` for every pooled metric the rows hold; NaN when nothing
+        counts.
     """
-    n_filters = [float(r.n_filters) for r in rows]
-    n_nonsparse = [float(r.n_nonsparse) for r in rows]
-    out_channels = [float(r.out_channels) for r in rows]
-    weights = {
-        "sparsity": n_filters,
-        "diversity": n_nonsparse if drop_sparse else n_filters,
-        "diversity_clean": n_nonsparse,
-        "entropy_raw": n_filters,
-        "orthogonality": out_channels,
-    }
-    return {
-        metric: _weighted_mean(
-            [getattr(r, metric) for r in rows],
-            weights[metric],
-            nan_in_denominator and metric != "sparsity" and metric != "orthogonality",
+    held = {name for row in rows for name in row.metrics}
+    result = {}
+    for name in metric_table.aggregated_metrics():
+        if name not in held:
+            continue
+        metric = metric_table.get_metric(name)
+        column = metric.weight_column(drop_sparse=drop_sparse)
+        result[name] = _weighted_mean(
+            [getattr(r, name) for r in rows],
+            [float(getattr(r, column) or 0) for r in rows],  # type: ignore[arg-type]
+            nan_in_denominator and metric.paper_nan_weight,
         )
-        for metric in AGGREGATED
-    }
+    return result
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,23 +249,48 @@ class DepthProfile(RowTable, Sequence[ProfileRow]):
         """Values of one metric in one bin, one per model (models without it left out).
 
         Args:
-            metric: A name in ``AGGREGATED``.
+            metric: A pooled metric of the metric table.
             bin: A bin label.
 
         Returns:
             The values in model order.
         """
-        if metric not in AGGREGATED:
-            raise KeyError(f"unknown metric {metric!r}; choose from {AGGREGATED}")
+        if metric not in metric_table.aggregated_metrics():
+            raise KeyError(
+                f"unknown metric {metric!r}; choose from {metric_table.aggregated_metrics()}"
+            )
         return [getattr(r, metric) for r in self.rows if r.bin == bin]
 
-    def __repr__(self) -> str:
-        head = ["model", "bin", "layers", "sparsity", "diversity", "orthogonality"]
-        lines = [
-            [r.model, r.bin, str(r.n_layers), fmt(r.sparsity), fmt(r.diversity),
-             fmt(r.orthogonality)]
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Pooled metrics the profile holds, in metric-table order."""
+        return tuple(m for m in metric_table.names() if any(m in r.metrics for r in self.rows))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Column names of the exported table: the bin columns, then the metrics."""
+        return (*_PROFILE_COLUMNS, *self.metrics)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Rows as flat dicts: the bin columns, then one column per pooled metric.
+
+        Returns:
+            One dict per (model, bin).
+        """
+        names = self.metrics
+        return [
+            {**{k: getattr(r, k) for k in _PROFILE_COLUMNS},
+             **{m: r.metrics.get(m, math.nan) for m in names}}
             for r in self.rows
         ]  # fmt: skip
+
+    def __repr__(self) -> str:
+        shown = [
+            m for m in metric_table.default_metrics() if any(m in r.metrics for r in self.rows)
+        ]
+        head = ["model", "bin", "layers", *shown]
+        lines = [[r.model, r.bin, str(r.n_layers), *(fmt(getattr(r, m)) for m in shown)]
+                 for r in self.rows]  # fmt: skip
         title = f"DepthProfile: {len(self.models)} model(s), {len(self.bins)} bins"
         return render_table(title, head, lines)
 
@@ -333,11 +357,17 @@ def depth_profile(
                         bin=label,
                         bin_index=order[label],
                         n_layers=len(members),
-                        n_filters=sum(r.n_filters for r in members),
-                        n_nonsparse=sum(r.n_nonsparse for r in members),
-                        out_channels=sum(r.out_channels for r in members),
+                        n_filters=sum(r.n_filters or 0 for r in members),
+                        n_nonsparse=sum(r.n_nonsparse or 0 for r in members),
+                        out_channels=sum(r.out_channels or 0 for r in members),
                         conv_depth_norm=float(np.mean([r.conv_depth_norm for r in members])),
-                        **values,
+                        metrics=values,
                     )
                 )
     return DepthProfile(tuple(rows), labels, first_bin, include_lowest, nan_in_denominator)
+
+
+_PROFILE_COLUMNS = (
+    "model", "bin", "bin_index", "n_layers", "n_filters", "n_nonsparse", "out_channels",
+    "conv_depth_norm",
+)  # fmt: skip

@@ -24,7 +24,8 @@ absolute values depend on what is compared: pass ``value_range`` to fix it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,8 +38,8 @@ from filterstats._modes import eval_mode
 from filterstats._tables import RowTable
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
-from filterstats.extract import extract_filters
 from filterstats.layers import ConvLayer, FilterSet
+from filterstats.resolve import extract_filters
 
 __all__ = [
     "FLOAT32_EPS",
@@ -64,6 +65,7 @@ ALL_DEPTHS = "all"
 
 
 def _as_filtersets(x: Any, argument: str, kernel_size: tuple[int, ...]) -> list[FilterSet]:
+    """One ``FilterSet`` per item, each through the one resolver (same object: once)."""
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items:
         raise ValueError(f"`{argument}` is empty: pass a model, a FilterSet or a list of them.")
@@ -71,20 +73,8 @@ def _as_filtersets(x: Any, argument: str, kernel_size: tuple[int, ...]) -> list[
     result = []
     for i, item in enumerate(items):
         if id(item) not in cache:
-            if isinstance(item, FilterSet):
-                cache[id(item)] = item
-            elif isinstance(item, (nn.Module, Mapping)):
-                cache[id(item)] = extract_filters(item, kernel_size=kernel_size)
-            else:
-                hint = (
-                    " A FilterReport holds no weights: pass the models."
-                    if type(item).__name__ == "FilterReport"
-                    else ""
-                )
-                raise TypeError(
-                    f"`{argument}` items must be models or FilterSets, got "
-                    f"{type(item).__name__} at position {i}.{hint}"
-                )
+            name = f"{argument}[{i}]" if len(items) > 1 else argument
+            cache[id(item)] = extract_filters(item, kernel_size=kernel_size, argument=name)
         result.append(cache[id(item)])
     return result
 
@@ -622,7 +612,7 @@ def _find_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def first_layer_response(
-    model: nn.Module,
+    model: nn.Module | str,
     x: Tensor,
     x_perturbed: Tensor,
     *,
@@ -657,6 +647,22 @@ def first_layer_response(
         )
     if x.ndim not in (3, 4):
         raise ValueError(f"`x` must be (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}.")
+    if isinstance(model, (str, os.PathLike)):
+        from filterstats.zoo.specs import load_model
+
+        loaded = load_model(os.fspath(model))
+        if not isinstance(loaded, nn.Module):
+            raise TypeError(
+                f"`model` {os.fspath(model)!r} holds weights only ({type(loaded).__name__}); "
+                "the first-layer response needs a model that runs: build the architecture and "
+                "load the weights into it."
+            )
+        model = loaded
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"`model` must be an nn.Module (or a spec of one) that can run a forward pass, "
+            f"got {type(model).__name__}."
+        )
     if layer is None:
         filters = extract_filters(model, kernel_size=None)
         if not len(filters):

@@ -1,4 +1,9 @@
-"""Find every convolution of a model and read its effective weight, read-only.
+"""Find every convolution of a module or state dict and read its effective weight, read-only.
+
+The two walks behind [`extract_filters`][filterstats.extract_filters] (the one
+resolver, in ``filterstats.resolve``): ``filters_from_module`` and
+``filters_from_state_dict`` return every convolution of every kernel size; the
+resolver then selects the kernel size with ``FilterSet.select``.
 
 Nothing here changes the model: no ``.to()``, ``.eval()``, ``.requires_grad_()``;
 weights are detached views of the parameters where possible. Parametrisations
@@ -11,7 +16,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -21,23 +28,31 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import parametrize
 
-from filterstats._checks import check_choice, normalize_kernel_size
 from filterstats._modes import eval_mode
 from filterstats._warnings import FilterStatsWarning
+from filterstats.checkpoints import UnorderedStateDict, strip_wrapper_prefixes
 from filterstats.depth import conv_depth_ranks, graph_depths
-from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
+from filterstats.layers import ConvLayer, FilterSet, SkippedLayer, layer_name
 
-__all__ = ["extract_filters", "register_effective_weight"]
+__all__ = [
+    "filters_from_module",
+    "filters_from_state_dict",
+    "is_conv",
+    "register_effective_weight",
+    "shared_weights",
+]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 WeightGetter = Callable[[Any], Tensor]
 
 _EFFECTIVE_WEIGHT: dict[type, WeightGetter] = {}
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SCRIPTED_CONVS = {
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
 }  # fmt: skip
-_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
+#: Where a LightningModule's class may live (it is recognised without importing Lightning).
+_LIGHTNING_MODULES = ("lightning.pytorch.", "pytorch_lightning.", "lightning.")
+#: Values compared to find equal (shared) weights before a full comparison.
+_PROBES = 64
 
 
 def register_effective_weight(
@@ -104,7 +119,15 @@ def _is_scripted_conv(module: nn.Module) -> bool:
 
 
 def is_conv(module: nn.Module) -> bool:
-    """Whether extraction treats ``module`` as a convolution."""
+    """Whether extraction treats ``module`` as a convolution.
+
+    Args:
+        module: Any module.
+
+    Returns:
+        ``True`` for ``_ConvNd`` subclasses, registered classes, quantised and
+        TorchScript convolutions.
+    """
     return (
         isinstance(module, _ConvNd)
         or _registered_getter(module) is not None
@@ -113,27 +136,33 @@ def is_conv(module: nn.Module) -> bool:
     )
 
 
+def _is_lightning_module(model: nn.Module) -> bool:
+    return any(
+        cls.__name__ == "LightningModule" and cls.__module__.startswith(_LIGHTNING_MODULES)
+        for cls in type(model).__mro__
+    )
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
+    """The network inside wrappers: DataParallel/DDP, torch.compile, a LightningModule.
+
+    A LightningModule is unwrapped to the one child that holds all of its parameters
+    and buffers (``self.model = ...``), as its checkpoints are (see
+    ``filterstats.checkpoints.to_state_dict``); otherwise it is walked as it is.
+    """
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod  # torch.compile's OptimizedModule
+        elif _is_lightning_module(model):
+            holders = [child for child in model.children() if child.state_dict()]
+            direct = [*model.parameters(recurse=False), *model.buffers(recurse=False)]
+            if len(holders) != 1 or direct:
+                return model
+            model = holders[0]
         else:
             return model
-
-
-def _strip_prefixes(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix) :], True
-        for infix in (".module.", "._orig_mod."):
-            if infix in name:
-                name, changed = name.replace(infix, "."), True
-    return name
 
 
 def _effective_weight(module: nn.Module) -> Tensor:
@@ -164,16 +193,6 @@ def _hooked_weight(module: nn.Module) -> Tensor:
     return module.weight  # type: ignore[return-value]
 
 
-def _weight_key(module: nn.Module) -> tuple[int, ...]:
-    """Identity of the parameters a module's weight comes from (for sharing)."""
-    ids = tuple(
-        id(param)
-        for name, param in module.named_parameters(recurse=True)
-        if "weight" in name.split(".")[-1] or name.endswith("original")
-    )
-    return ids or (id(module),)
-
-
 def _as_tuple(value: Any, ndim: int) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -183,18 +202,6 @@ def _as_tuple(value: Any, ndim: int) -> tuple[int, ...] | None:
         return tuple(int(v) for v in value)
     except (TypeError, ValueError):
         return None
-
-
-def _kernel_matches(kernel: tuple[int, ...], wanted: int | tuple[int, ...] | None) -> bool:
-    if wanted is None:
-        return True
-    if isinstance(wanted, int):
-        return all(k == wanted for k in kernel)
-    return kernel == wanted
-
-
-def _describe(wanted: int | tuple[int, ...] | None) -> str:
-    return f"{wanted}x..." if isinstance(wanted, int) else str(wanted)
 
 
 def _out_by_in(weight: Tensor, transposed: bool, groups: int) -> Tensor:
@@ -207,9 +214,20 @@ def _out_by_in(weight: Tensor, transposed: bool, groups: int) -> Tensor:
     return grouped.transpose(1, 2).reshape(groups * c_out_per_group, c_in // groups, *kernel)
 
 
-def _read_conv(
-    name: str, module: nn.Module, wanted: int | tuple[int, ...] | None
-) -> ConvLayer | SkippedLayer:
+def _usable(weight: Tensor) -> tuple[Tensor, str]:
+    """The weight as a float tensor (quantised ones dequantised), or why it is unusable."""
+    if weight.device.type == "meta":
+        return weight, "weights on the meta device (not materialised)"
+    if weight.is_quantized:
+        weight = weight.dequantize()
+    if not weight.is_floating_point():
+        return weight, f"{weight.dtype} weights without a scale: cannot dequantise"
+    if weight.numel() == 0:
+        return weight, f"weight has no elements (shape {tuple(weight.shape)})"
+    return weight, ""
+
+
+def _read_conv(name: str, module: nn.Module) -> ConvLayer | SkippedLayer:
     module_type = getattr(module, "original_name", None) if _is_scripted_conv(module) else None
     module_type = module_type or type(module).__name__
     # Not getattr(module, "weight"): on a parametrised module in training mode that
@@ -226,20 +244,14 @@ def _read_conv(
         )
     if not isinstance(weight, Tensor) or weight.ndim < 3:
         return SkippedLayer(name, module_type, "weight is not a convolution kernel tensor")
-    if weight.device.type == "meta":
-        return SkippedLayer(name, module_type, "weights on the meta device (not materialised)")
-    if not weight.is_floating_point():
-        return SkippedLayer(name, module_type, f"unsupported weight dtype {weight.dtype}")
-    if weight.numel() == 0:
-        return SkippedLayer(
-            name, module_type, f"weight has no elements (shape {tuple(weight.shape)})"
-        )
+    weight, reason = _usable(weight)
+    if reason:
+        kernel = tuple(int(k) for k in weight.shape[2:])
+        return SkippedLayer(name, module_type, reason, kernel_size=kernel)
     transposed = bool(getattr(module, "transposed", False))
     groups = int(getattr(module, "groups", 1) or 1)
     weight = _out_by_in(weight, transposed, groups)
     kernel = tuple(int(k) for k in weight.shape[2:])
-    if not _kernel_matches(kernel, wanted):
-        return SkippedLayer(name, module_type, f"kernel size {kernel} is not {_describe(wanted)}")
     return ConvLayer(
         name=name,
         module_type=module_type,
@@ -253,88 +265,168 @@ def _read_conv(
     )
 
 
-def _from_module(
-    model: nn.Module,
-    wanted: int | tuple[int, ...] | None,
-    depth: str,
-    example_inputs: Any,
+def shared_weights(weights: Sequence[Tensor]) -> dict[int, int]:
+    """Which weights are the same as an earlier one: the one rule for every input.
+
+    A weight is shared with an earlier one when both are the same tensor storage
+    (same data pointer, offset, shape and strides: tied parameters, a module
+    registered twice, a state dict saved with ``torch.save``) or hold exactly equal
+    values (tied weights written by a format that stores them twice, such as a
+    cloned safetensors file). Weights whose values are all equal (e.g. all-zero
+    layers) are not matched by value: two dead layers are not one layer.
+
+    Args:
+        weights: One weight per convolution, in model order.
+
+    Returns:
+        ``{index: index of the first weight it equals}`` for every later copy.
+    """
+    owner: dict[int, int] = {}
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for index, weight in enumerate(weights):
+        groups[(tuple(weight.shape), weight.dtype, weight.device)].append(index)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        size = weights[members[0]].numel()
+        probe = torch.linspace(0, size - 1, min(_PROBES, size), device=weights[members[0]].device)
+        # One host copy per shape group: a few values of each weight as its fingerprint.
+        samples = torch.stack([weights[i].reshape(-1)[probe.long()] for i in members]).cpu()
+        firsts: list[tuple[int, int]] = []  # (position in members, index) of distinct weights
+        for position, index in enumerate(members):
+            weight = weights[index]
+            for first_position, first in firsts:
+                other = weights[first]
+                same_storage = (
+                    weight.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
+                    and weight.storage_offset() == other.storage_offset()
+                    and weight.stride() == other.stride()
+                )
+                if same_storage or (
+                    torch.equal(samples[position], samples[first_position])
+                    and torch.equal(weight, other)
+                    and not bool(weight.amin() == weight.amax())
+                ):
+                    owner[index] = first
+                    break
+            else:
+                firsts.append((position, index))
+    return owner
+
+
+def _shared_reason(first: str) -> str:
+    return f"shares its weight with {first!r} (counted once there)"
+
+
+def _mark_shared(found: list[ConvLayer | SkippedLayer]) -> list[ConvLayer | SkippedLayer]:
+    """Skip every later copy of a weight, and list its names on the first."""
+    positions = [i for i, item in enumerate(found) if isinstance(item, ConvLayer)]
+    owner = shared_weights([found[i].weight for i in positions])  # type: ignore[union-attr]
+    result = list(found)
+    copies: dict[int, list[str]] = defaultdict(list)
+    for copy, first in sorted(owner.items()):
+        layer = result[positions[copy]]
+        assert isinstance(layer, ConvLayer)
+        copies[positions[first]].append(layer.name)
+        result[positions[copy]] = SkippedLayer.of(
+            layer, _shared_reason(found[positions[first]].name)
+        )
+    for first, names in copies.items():
+        layer = result[first]
+        assert isinstance(layer, ConvLayer)
+        result[first] = replace(layer, shared_with=(*layer.shared_with, *names))
+    return result
+
+
+def filters_from_module(
+    model: nn.Module, *, depth: str = "auto", example_inputs: Any = None
 ) -> FilterSet:
+    """Every convolution of a module (all kernel sizes), read-only.
+
+    Args:
+        model: The module; wrappers (DataParallel/DDP, ``torch.compile``, a
+            LightningModule holding one network) are unwrapped.
+        depth: ``"auto"``, ``"fx"``, ``"forward"`` or ``"registration"``.
+        example_inputs: Input(s) for a forward pass when the model does not trace.
+
+    Returns:
+        The [`FilterSet`][filterstats.FilterSet] of every convolution
+        (``kernel_size=None``).
+    """
     inner = _unwrap(model)
     conv_names: dict[nn.Module, list[str]] = {}
     for raw_name, module in inner.named_modules(remove_duplicate=False):
         if is_conv(module):
-            conv_names.setdefault(module, []).append(_strip_prefixes(raw_name))
+            conv_names.setdefault(module, []).append(layer_name(strip_wrapper_prefixes(raw_name)))
     found: list[ConvLayer | SkippedLayer] = []
-    owner: dict[tuple[int, ...], int] = {}
-    shared: dict[int, list[str]] = {}
     for module, names in conv_names.items():
-        key = _weight_key(module)
-        for name in names:
-            if key in owner:
-                first = found[owner[key]]
-                shared.setdefault(owner[key], []).append(name)
-                found.append(
-                    SkippedLayer(
-                        name,
-                        type(module).__name__,
-                        f"shares its weight with {first.name!r} (counted once there)",
-                    )
-                )
-                continue
-            item = _read_conv(name, module, wanted)
-            owner[key] = len(found)
-            found.append(item)
+        item = _read_conv(names[0], module)
+        # A module registered under several names: one weight, shared (below).
+        found.extend(replace(item, name=name) for name in names)
     depths: dict[str, int] = {}
     method = "none"
-    if conv_names:
+    if conv_names and is_conv(inner):
+        depths, method = {name: 1 for name in conv_names[inner]}, "single"
+    elif conv_names:
         depths, method = graph_depths(
             inner, conv_names, is_conv, method=depth, example_inputs=example_inputs
         )
     ranks = conv_depth_ranks(depths)
-    layers: list[ConvLayer] = []
-    skipped: list[SkippedLayer] = []
-    for index, item in enumerate(found):
-        if isinstance(item, SkippedLayer):
-            skipped.append(item)
-            continue
-        if method in ("fx", "forward") and item.name not in depths:
+    placed: list[ConvLayer | SkippedLayer] = []
+    for item in found:
+        rank = ranks.get(item.name)
+        values: dict[str, Any] = {
+            "depth": depths.get(item.name),
+            "conv_depth": None if rank is None else rank[0],
+            "conv_depth_norm": None if rank is None else rank[1],
+        }
+        if isinstance(item, ConvLayer) and method in ("fx", "forward") and rank is None:
             # As the paper's exported graphs: a conv that forward never calls (e.g. an
             # unused branch) is not part of the network.
             reason = f"never called in forward (not in the graph traced by {method})"
-            skipped.append(SkippedLayer(item.name, item.module_type, reason))
+            placed.append(SkippedLayer.of(item, reason))
             continue
-        rank = ranks.get(item.name)
-        layers.append(
-            replace(
-                item,
-                depth=depths.get(item.name),
-                conv_depth=None if rank is None else rank[0],
-                conv_depth_norm=None if rank is None else rank[1],
-                shared_with=tuple(shared.get(index, ())),
-            )
-        )
-    return FilterSet(tuple(layers), tuple(skipped), method, type(inner).__name__)
+        placed.append(replace(item, **values))
+    placed = _mark_shared(placed)
+    return FilterSet(
+        tuple(item for item in placed if isinstance(item, ConvLayer)),
+        tuple(item for item in placed if isinstance(item, SkippedLayer)),
+        method,
+        type(inner).__name__,
+        kernel_size=None,
+        order=tuple(item.name for item in placed),
+    )
 
 
-def _unwrap_state_dict(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in _STATE_DICT_KEYS:
-        inner = state.get(key)
-        if isinstance(inner, Mapping) and any(isinstance(v, Tensor) for v in inner.values()):
-            return inner
-    return state
-
-
-def _from_state_dict(
-    state: Mapping[str, Any], wanted: int | tuple[int, ...] | None, source: str
+def filters_from_state_dict(
+    state: Mapping[str, Tensor], *, source: str = "state_dict"
 ) -> FilterSet:
-    state = _unwrap_state_dict(state)
+    """Every convolution weight of a flat state dict (all kernel sizes).
+
+    Conv weights are recognised as 3- to 5-D tensors named ``*.weight`` (also the
+    effective weight of old ``weight_norm`` ``weight_g``/``weight_v`` pairs, of
+    ``parametrizations.weight.original`` and of old ``spectral_norm``
+    ``weight_orig``). Quantised tensors (``torch.ao`` state dicts) are dequantised;
+    integer tensors without a scale are listed as skipped. Depth is the position in
+    the state dict (``depth_method="state_dict"``), unknown (``"none"``, with a
+    warning) for an ``UnorderedStateDict`` (a safetensors file, whose keys are
+    sorted by name); groups and strides are unknown.
+
+    Args:
+        state: ``{name: tensor}``, already unwrapped
+            (``filterstats.checkpoints.to_state_dict``).
+        source: Description of the input.
+
+    Returns:
+        The [`FilterSet`][filterstats.FilterSet] of every convolution.
+    """
     entries: dict[str, Tensor] = {}
     for key, value in state.items():
         if not isinstance(key, str):
             raise TypeError(f"state dict keys must be strings, got {type(key).__name__}.")
         if not isinstance(value, Tensor):
             continue
-        name = _strip_prefixes(key)
+        name = strip_wrapper_prefixes(key)
         if name.endswith(".weight_v"):  # old weight_norm: w = g * v / ||v||
             base = name[: -len(".weight_v")]
             g = state.get(key[: -len("_v")] + "_g")
@@ -348,25 +440,34 @@ def _from_state_dict(
             name = name[: -len(".parametrizations.weight.original")] + ".weight"
         if name.endswith(".weight_orig"):  # old spectral_norm keeps the raw weight
             name = name[: -len("_orig")]
-        if name == "weight" or name.endswith(".weight"):
-            if 3 <= value.ndim <= 5 and value.is_floating_point():
-                entries[name[: -len(".weight")] if name != "weight" else "weight"] = value
-    layers: list[ConvLayer] = []
-    skipped: list[SkippedLayer] = []
-    depth_of = {name: i for i, name in enumerate(entries)}
+        if (name == "weight" or name.endswith(".weight")) and 3 <= value.ndim <= 5:
+            entries[name[: -len("weight")].rstrip(".")] = value
+    ordered = not isinstance(state, UnorderedStateDict)
+    if not ordered and len(entries) > 1:
+        warnings.warn(
+            f"{source}: the file keeps no layer order (safetensors sorts its keys), so layer "
+            "depths are unknown; load the weights into their architecture (e.g. "
+            "timm:NAME@FILE, or a module) for depths.",
+            FilterStatsWarning,
+            stacklevel=4,
+        )
+    depth_of = {name: i for i, name in enumerate(entries)} if ordered else {}
     ranks = conv_depth_ranks(depth_of)
-    for name, weight in entries.items():
-        if weight.device.type == "meta":
-            skipped.append(SkippedLayer(name, "tensor", "weights on the meta device"))
-            continue
+    found: list[ConvLayer | SkippedLayer] = []
+    for path, weight in entries.items():
+        name = layer_name(path)
+        rank = ranks.get(path)
+        meta: dict[str, Any] = {
+            "depth": depth_of.get(path),
+            "conv_depth": None if rank is None else rank[0],
+            "conv_depth_norm": None if rank is None else rank[1],
+        }
         kernel = tuple(int(k) for k in weight.shape[2:])
-        if not _kernel_matches(kernel, wanted):
-            skipped.append(
-                SkippedLayer(name, "tensor", f"kernel size {kernel} is not {_describe(wanted)}")
-            )
+        weight, reason = _usable(weight)
+        if reason:
+            found.append(SkippedLayer(name, "tensor", reason, kernel_size=kernel, **meta))
             continue
-        rank = ranks[name]
-        layers.append(
+        found.append(
             ConvLayer(
                 name=name,
                 module_type="tensor",
@@ -376,82 +477,15 @@ def _from_state_dict(
                 groups=None,
                 kernel_size=kernel,
                 stride=None,
-                depth=depth_of[name],
-                conv_depth=rank[0],
-                conv_depth_norm=rank[1],
+                **meta,
             )
         )
-    return FilterSet(tuple(layers), tuple(skipped), "state_dict", source)
-
-
-def extract_filters(
-    model: nn.Module | Mapping[str, Any],
-    *,
-    kernel_size: int | tuple[int, ...] | None = (3, 3),
-    example_inputs: Any = None,
-    depth: str = "auto",
-) -> FilterSet:
-    """Every convolution's effective filters, with layer metadata.
-
-    Finds every ``_ConvNd`` module (``Conv1d/2d/3d``, ``ConvTranspose*``, subclasses,
-    grouped and depthwise), quantised and TorchScript convolutions, and any class
-    registered with [`register_effective_weight`][filterstats.register_effective_weight].
-    Wrappers (``DataParallel``, ``DistributedDataParallel``, ``torch.compile``) are
-    unwrapped and their prefixes dropped from names. Transposed convolutions are given
-    in the same ``(C_out, C_in / groups, *k)`` orientation as others. Weights are
-    effective weights: parametrisations and weight/spectral norm applied.
-
-    Depth: the longest path from the input in the traced graph (see
-    [`filterstats.depth`][]); ``conv_depth`` ranks it among all convolutions' depths.
-
-    No silent skips: every convolution not selected (other kernel size, lazy or meta
-    weights, a weight shared with an earlier module) is in ``skipped`` with its reason.
-
-    Args:
-        model: An ``nn.Module`` (wrapped or not) or a state dict / mapping of tensors
-            (conv weights recognised as 3- to 5-D floating tensors named ``*.weight``;
-            a nested ``state_dict``/``model_state_dict``/``model`` entry is unwrapped).
-        kernel_size: Kernel size to select: a tuple such as ``(3, 3)`` (the paper's),
-            an int ``k`` (every dimension ``k``), or ``None`` for every size.
-        example_inputs: Input(s) for a forward pass, used for depth when the model
-            does not trace with ``torch.fx``.
-        depth: ``"auto"``, ``"fx"``, ``"forward"`` or ``"registration"``.
-
-    Returns:
-        A [`FilterSet`][filterstats.FilterSet]. A warning is issued when no layer is
-        selected.
-
-    Raises:
-        TypeError: If ``model`` is neither a module nor a mapping.
-
-    Examples:
-        >>> import torch, filterstats as fs
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
-        ...                           torch.nn.Conv2d(8, 8, 1))
-        >>> filters = fs.extract_filters(net)
-        >>> filters.names, [s.reason for s in filters.skipped]
-        (('0',), ['kernel size (1, 1) is not (3, 3)'])
-    """
-    wanted = normalize_kernel_size(kernel_size)
-    check_choice("depth", depth, ("auto", "fx", "forward", "registration"))
-    if isinstance(model, nn.Module):
-        result = _from_module(model, wanted, depth, example_inputs)
-    elif isinstance(model, Mapping):
-        result = _from_state_dict(model, wanted, "state_dict")
-    else:
-        raise TypeError(
-            f"`model` must be a torch.nn.Module or a state dict (mapping of tensors), got "
-            f"{type(model).__name__}. For a checkpoint file use "
-            "`filterstats.load_state_dict(path)` first."
-        )
-    if not result.layers:
-        import warnings
-
-        found = ", ".join(f"{s.name} ({s.reason})" for s in result.skipped[:5]) or "none"
-        warnings.warn(
-            f"no convolution with kernel size {_describe(wanted)} in {result.source}; "
-            f"convolutions found: {found}.",
-            FilterStatsWarning,
-            stacklevel=2,
-        )
-    return result
+    found = _mark_shared(found)
+    return FilterSet(
+        tuple(item for item in found if isinstance(item, ConvLayer)),
+        tuple(item for item in found if isinstance(item, SkippedLayer)),
+        "state_dict" if ordered else "none",
+        source,
+        kernel_size=None,
+        order=tuple(item.name for item in found),
+    )

@@ -91,13 +91,13 @@ def _records_of(result: Any) -> tuple[list[dict[str, Any]], list[str]]:
 
 def _report_sections(obj: FilterReport, figures: bool) -> list[str]:
     from filterstats.depth_bins import depth_profile
-    from filterstats.results import COLUMNS
+    from filterstats.metric_table import default_metrics
 
     parts = [
         f'<p class="meta">{len(obj.measured)} layers measured, {len(obj.skipped)} skipped; '
         f"parameters: {html.escape(str(obj.params))}</p>",
         "<h2>Layers</h2>",
-        _table("layers", obj.to_records(), COLUMNS),
+        _table("layers", obj.to_records(), obj.columns),
     ]
     profile = depth_profile(obj)
     records, columns = _records_of(profile)
@@ -107,9 +107,10 @@ def _report_sections(obj: FilterReport, figures: bool) -> list[str]:
 
         from filterstats.plotting import plot_metric_vs_depth
 
-        fig = Figure(figsize=(15, 3.6), layout="constrained")
-        axes = fig.subplots(1, 3)
-        for ax, metric in zip(axes, ("sparsity", "diversity", "orthogonality")):
+        shown = [m for m in default_metrics() if m in obj.metrics]
+        fig = Figure(figsize=(5 * len(shown), 3.6), layout="constrained")
+        axes = fig.subplots(1, len(shown), squeeze=False)[0]
+        for ax, metric in zip(axes, shown):
             plot_metric_vs_depth(obj, metric, ax=ax)
         parts += ["<h2>Figures</h2>", _figure(fig, "metrics versus normalised depth")]
     return parts
@@ -197,7 +198,7 @@ def report(
             f"`obj` must be a FilterReport or a Comparison, got {type(obj).__name__}. "
             "Use `filterstats.analyze(model)` or `filterstats.compare(a, b)` first."
         )
-    from filterstats import __version__
+    from filterstats._version import __version__
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (

@@ -125,17 +125,29 @@ _BY_NAME = {metric.name: metric for metric in METRICS}
 
 
 def names() -> tuple[str, ...]:
-    """Names of every metric, in column order."""
+    """Names of every metric.
+
+    Returns:
+        The names, in column order.
+    """
     return tuple(_BY_NAME)
 
 
 def default_metrics() -> tuple[str, ...]:
-    """Metrics shown in printed tables and compared by default (the paper's three)."""
+    """Metrics shown in printed tables and compared by default.
+
+    Returns:
+        The paper's three: ``("sparsity", "diversity", "orthogonality")``.
+    """
     return tuple(metric.name for metric in METRICS if metric.default)
 
 
 def aggregated_metrics() -> tuple[str, ...]:
-    """Metrics that pool over layers (depth bins, model values)."""
+    """Metrics that pool over layers (depth bins, model values).
+
+    Returns:
+        Names of the metrics with a pooling ``weight``, in column order.
+    """
     return tuple(metric.name for metric in METRICS if metric.weight is not None)
 
 

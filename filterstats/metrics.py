@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from filterstats import kernels
 from filterstats._checks import NanPolicy, check_choice, check_eps
+from filterstats._tables import MetricAttributes
 from filterstats._warnings import FilterStatsWarning
 from filterstats.layers import ConvLayer, FilterSet
 
@@ -95,23 +96,25 @@ class DiversitySettings:
 
 
 @dataclass(frozen=True, eq=False)
-class LayerMetrics:
+class LayerMetrics(MetricAttributes):
     """All per-layer metrics of a set of layers, computed in one batched pass.
 
-    Every tensor has shape ``(L,)`` and lives on the first layer's device.
+    Every tensor has shape ``(L,)`` and lives on the first layer's device. The
+    metric values are in ``metrics``, keyed by the names of
+    [`filterstats.metric_table`][filterstats.metric_table], and read as attributes:
+    ``result.diversity``.
 
     Attributes:
         names: Layer names (``"layer0"``, ... for bare tensors).
         n_filters: Kernels per layer (``C_out * C_in / groups``).
         n_nonsparse: Non-sparse kernels per layer.
         out_channels: Output filters per layer.
-        sparsity: Fraction of sparse kernels.
-        diversity: Variance entropy under ``settings``.
-        diversity_clean: Variance entropy of the non-sparse kernels only (otherwise
-            ``settings``); equal to ``diversity`` for the paper definition.
-        entropy_raw: Variance entropy of the raw kernels, all kept, not normalised
-            (CNN Filter DB's variant).
-        orthogonality: 1 minus the mean |cosine| between distinct output filters.
+        metrics: ``{metric name: (L,) tensor}``: ``sparsity`` (fraction of sparse
+            kernels), ``diversity`` (variance entropy under ``settings``),
+            ``diversity_clean`` (of the non-sparse kernels only; equal to
+            ``diversity`` for the paper definition), ``entropy_raw`` (raw kernels, all
+            kept, not normalised: CNN Filter DB's variant), ``orthogonality`` (1 minus
+            the mean |cosine| between distinct output filters).
         eps: Sparsity threshold used.
         settings: Diversity settings used.
         definition: Name of the definition preset.
@@ -121,14 +124,11 @@ class LayerMetrics:
     n_filters: Tensor
     n_nonsparse: Tensor
     out_channels: Tensor
-    sparsity: Tensor
-    diversity: Tensor
-    diversity_clean: Tensor
-    entropy_raw: Tensor
-    orthogonality: Tensor
+    metrics: dict[str, Tensor]
     eps: float
     settings: DiversitySettings
     definition: str
+    _missing_metric = None  # a metric not computed is an AttributeError, not NaN
 
     def __len__(self) -> int:
         return len(self.names)
@@ -726,11 +726,13 @@ def measure(
         out_channels=torch.tensor(
             [float(w.shape[0]) for w in weights], dtype=torch.float64, device=device
         ),
-        sparsity=_finalize(_sparsity_values(first), first, nan_policy, dead_is_nan=False),
-        diversity=main,
-        diversity_clean=clean,
-        entropy_raw=raw,
-        orthogonality=ortho,
+        metrics={
+            "sparsity": _finalize(_sparsity_values(first), first, nan_policy, dead_is_nan=False),
+            "diversity": main,
+            "diversity_clean": clean,
+            "entropy_raw": raw,
+            "orthogonality": ortho,
+        },
         eps=eps,
         settings=settings,
         definition=definition,

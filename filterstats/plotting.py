@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 from filterstats._optional import require
+from filterstats.metric_table import get_metric
+from filterstats.metric_table import names as metric_names
 
 if TYPE_CHECKING:
     from filterstats.compare import Comparison
@@ -42,13 +44,12 @@ __all__ = [
     "plot_ridge",
 ]
 
-METRIC_TITLES = {
-    "sparsity": "sparsity",
-    "diversity": "variance entropy",
-    "diversity_clean": "variance entropy (non-sparse)",
-    "entropy_raw": "variance entropy (raw)",
-    "orthogonality": "orthogonality",
-}
+
+def _title(metric: str) -> str:
+    """A metric's axis title, from the metric table (the name itself when unknown)."""
+    return get_metric(metric).title if metric in metric_names() else metric
+
+
 _A_COLOR, _B_COLOR = "C1", "C0"  # robust orange, normal blue, as in the paper
 
 
@@ -143,7 +144,7 @@ def plot_depth_boxes(
     ax.set_xticks(range(len(used)), used, rotation=22.5)
     ax.set_xlim(-0.6, len(used) - 0.4)
     ax.set_xlabel("convolution depth decile")
-    ax.set_ylabel(METRIC_TITLES.get(metric, metric))
+    ax.set_ylabel(_title(metric))
     ax.grid(axis="y", alpha=0.4)
     ax.legend(loc="best", fontsize="small")
     return ax
@@ -218,7 +219,7 @@ def plot_metric_vs_depth(
             ax.plot(x[order], y[order], marker="o", markersize=3, label=label, color=f"C{k % 10}")
             k += 1
     ax.set_xlabel("normalised conv depth")
-    ax.set_ylabel(METRIC_TITLES.get(metric, metric))
+    ax.set_ylabel(_title(metric))
     ax.set_xlim(-0.03, 1.03)
     ax.grid(alpha=0.4)
     ax.legend(fontsize="small")
@@ -253,7 +254,7 @@ def plot_comparison(
             ax.legend(fontsize="small")
         else:
             plot_depth_boxes(comparison, metric, ax=ax)
-        ax.set_title(METRIC_TITLES.get(metric, metric))
+        ax.set_title(_title(metric))
     return fig
 
 
@@ -420,28 +421,21 @@ def plot_divergence(
 # ----------------------------------------------------------------------- filters
 
 
-def _layer_weights(source: Any) -> list[tuple[str, Tensor]]:
-    from torch import nn
+def _layer_weights(source: Any, kernel_size: Any) -> list[tuple[str, Tensor]]:
+    """``(name, weight)`` of every selected layer: the model goes through the one resolver."""
+    from filterstats.resolve import extract_filters
 
-    from filterstats.extract import extract_filters
-    from filterstats.layers import FilterSet
-
-    if isinstance(source, Tensor):
-        return [("weight", source.detach())]
-    if isinstance(source, nn.Module):
-        source = extract_filters(source)
-    if isinstance(source, FilterSet):
-        return [(layer.name, layer.weight.detach()) for layer in source]
-    if isinstance(source, Mapping):
-        return [(str(k), v.detach()) for k, v in source.items()]
-    raise TypeError(
-        f"`source` must be a model, a FilterSet, a weight tensor or {{name: weight}}, got "
-        f"{type(source).__name__}."
-    )
+    filters = extract_filters(source, kernel_size=kernel_size, argument="source")
+    return [(layer.name, layer.weight.detach()) for layer in filters]
 
 
 def plot_filters(
-    source: Any, *, n_filters: int = 32, max_layers: int | None = None, ax: Any = None
+    source: Any,
+    *,
+    n_filters: int = 32,
+    max_layers: int | None = None,
+    kernel_size: Any = (3, 3),
+    ax: Any = None,
 ) -> Any:
     """Filter grid: one row per layer with its first ``n_filters`` 2-D kernels.
 
@@ -449,16 +443,18 @@ def plot_filters(
     one symmetric colour scale [-1, 1] (cyan-white-orange, as in the paper).
 
     Args:
-        source: A model, a [`FilterSet`][filterstats.FilterSet], one weight, or
-            ``{name: weight}``.
+        source: Anything [`extract_filters`][filterstats.extract_filters] takes: a
+            model, a state dict, a path or spec string, a
+            [`FilterSet`][filterstats.FilterSet] or one weight tensor.
         n_filters: Kernels per row (the paper: 32).
         max_layers: Rows to draw at most (default: all).
+        kernel_size: Kernel size of the layers drawn (``None``: every 2-D size).
         ax: Axes to draw on (one image).
 
     Returns:
         The Axes.
     """
-    layers = _layer_weights(source)[:max_layers]
+    layers = _layer_weights(source, kernel_size)[:max_layers]
     if not layers:
         raise ValueError("no layer to draw: the source has no selected convolution.")
     kernels = []
@@ -492,15 +488,17 @@ def plot_rgb_filters(source: Any, *, n_filters: int = 32, ax: Any = None) -> Any
     ``max|W|`` over the shown filters (grey = 0).
 
     Args:
-        source: A weight ``(C_out, 3, kH, kW)``, a model or FilterSet (its first layer
-            with 3 input channels is used), or ``{name: weight}``.
+        source: A weight ``(C_out, 3, kH, kW)``, or anything
+            [`extract_filters`][filterstats.extract_filters] takes (its first layer
+            with 3 input channels is used).
         n_filters: Filters to show.
         ax: Axes to draw on.
 
     Returns:
         The Axes.
     """
-    candidates = [(n, w) for n, w in _layer_weights(source) if w.ndim == 4 and w.shape[1] == 3]
+    layers = _layer_weights(source, None)
+    candidates = [(n, w) for n, w in layers if w.ndim == 4 and w.shape[1] == 3]
     if not candidates:
         raise ValueError("no layer with 3 input channels (RGB) to draw.")
     name, weight = candidates[0]

@@ -2,8 +2,10 @@
 
 A [`FilterReport`][filterstats.FilterReport] holds one row per convolution of a model:
 selected layers with their metrics (``status="ok"``) and every other convolution with
-the reason it was skipped (``status="skipped"``, metrics NaN). It carries the
-parameters that made it, so a saved table says how it was computed.
+the reason it was skipped (``status="skipped"``, metrics NaN, and whatever is known of
+the layer: channels, kernel, depth). It carries the parameters that made it, so a
+saved table says how it was computed. The metric columns are those of
+[`filterstats.metric_table`][filterstats.metric_table] that the report holds.
 
 Exports round-trip: CSV (a ``# filterstats`` comment line holds the parameters),
 JSON, and Parquet (needs ``pip install 'filterstats[pandas]'``; parameters in the
@@ -17,26 +19,37 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from filterstats import metric_table
 from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
-from filterstats._tables import csv_value, json_value
+from filterstats._tables import MetricAttributes, csv_value, json_value
 
-__all__ = ["SCHEMA_VERSION", "AnalysisParams", "FilterReport", "LayerRow", "read_report"]
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "AnalysisParams",
+    "FilterReport",
+    "LayerRow",
+    "read_report",
+]
 
 #: Version of the exported table layout; bumped on any change of columns or meaning.
-SCHEMA_VERSION = 1
-
-_METRICS = ("sparsity", "diversity", "diversity_clean", "entropy_raw", "orthogonality")
+#: 2: unknown integers are empty (null) instead of -1/0; skipped rows keep what is
+#: known of the layer; metric columns follow the metric table.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
-class LayerRow:
+class LayerRow(MetricAttributes):
     """One convolution of one model.
+
+    Metric values are read as attributes (``row.diversity``); a metric of the table
+    that the row does not hold (a skipped layer) reads as NaN.
 
     Attributes:
         model: Model label.
@@ -44,21 +57,18 @@ class LayerRow:
         module_type: Class name of the module.
         status: ``"ok"`` (measured) or ``"skipped"``.
         reason: Why it was skipped; empty when measured.
-        depth: Longest path from the input (graph nodes); -1 when unknown.
-        conv_depth: Rank among the model's conv depths (0 = first); -1 when unknown.
+        depth: Longest path from the input (graph nodes); ``None`` when unknown.
+        conv_depth: Rank among the model's conv depths (0 = first); ``None`` when unknown.
         conv_depth_norm: ``conv_depth / (number of conv depths - 1)``, NaN when unknown.
-        in_channels: Input channels.
-        out_channels: Output channels (filters).
-        groups: Convolution groups; 0 when unknown (state dicts).
-        kernel_size: Kernel size as text, e.g. ``"3x3"``.
-        n_filters: Kernels (``C_out * C_in / groups``).
-        n_nonsparse: Non-sparse kernels.
-        sparsity: Fraction of sparse kernels, in [0, 1].
-        diversity: Variance entropy (base 10) under the report's definition.
-        diversity_clean: Variance entropy of the non-sparse kernels only.
-        entropy_raw: Variance entropy of the raw kernels, all kept, not normalised.
-        orthogonality: 1 minus the mean |cosine| between output filters, in [0, 1].
+        in_channels: Input channels; ``None`` when unknown.
+        out_channels: Output channels (filters); ``None`` when unknown.
+        groups: Convolution groups; ``None`` when unknown (state dicts).
+        kernel_size: Kernel size as text, e.g. ``"3x3"``; empty when unknown.
+        n_filters: Kernels (``C_out * C_in / groups``); ``None`` for skipped layers.
+        n_nonsparse: Non-sparse kernels; ``None`` for skipped layers.
         shared_with: Other modules using the same weight, ``;``-separated.
+        metrics: ``{metric name: value}`` for the metrics of
+            [`filterstats.metric_table`][filterstats.metric_table] that were computed.
     """
 
     model: str
@@ -66,26 +76,42 @@ class LayerRow:
     module_type: str
     status: str = "ok"
     reason: str = ""
-    depth: int = -1
-    conv_depth: int = -1
+    depth: int | None = None
+    conv_depth: int | None = None
     conv_depth_norm: float = math.nan
-    in_channels: int = 0
-    out_channels: int = 0
-    groups: int = 0
+    in_channels: int | None = None
+    out_channels: int | None = None
+    groups: int | None = None
     kernel_size: str = ""
-    n_filters: int = 0
-    n_nonsparse: int = 0
-    sparsity: float = math.nan
-    diversity: float = math.nan
-    diversity_clean: float = math.nan
-    entropy_raw: float = math.nan
-    orthogonality: float = math.nan
+    n_filters: int | None = None
+    n_nonsparse: int | None = None
     shared_with: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def record(self, metrics: Sequence[str] | None = None) -> dict[str, Any]:
+        """The row as one flat dict: metadata columns, then the metric columns.
+
+        Args:
+            metrics: Metric columns to give (NaN where the row has none); default:
+                the row's own.
+
+        Returns:
+            ``{column: value}`` in table column order.
+        """
+        names = list(self.metrics) if metrics is None else list(metrics)
+        record = {name: getattr(self, name) for name in _BEFORE}
+        record.update({name: float(self.metrics.get(name, math.nan)) for name in names})
+        record.update({name: getattr(self, name) for name in _AFTER})
+        return record
 
 
-#: Column names of the table, in order.
-COLUMNS = tuple(f.name for f in fields(LayerRow))
-_TYPES = {f.name: f.type for f in fields(LayerRow)}
+_META = [f for f in fields(LayerRow) if f.name != "metrics"]
+_BEFORE = tuple(f.name for f in _META if f.name != "shared_with")
+_AFTER = ("shared_with",)
+_TYPES = {f.name: str(f.type) for f in _META}
+
+#: Column names of a table holding every metric of the metric table, in order.
+COLUMNS = (*_BEFORE, *metric_table.names(), *_AFTER)
 
 
 @dataclass(frozen=True)
@@ -94,7 +120,8 @@ class AnalysisParams:
 
     Attributes:
         eps: Sparsity threshold (fraction of the layer's largest |weight|).
-        kernel_size: Selected kernel size as text (``"3x3"``, ``"all"``).
+        kernel_size: The kernel-size selection that was applied, as text (``"3x3"``,
+            ``"3x..."`` for every dimension 3, ``"all"``).
         definition: ``"paper"`` or ``"torchconvquality"``.
         scale_filters: Kernels divided by their own max |value| for diversity.
         drop_sparse: Sparse kernels left out of ``diversity``.
@@ -155,6 +182,18 @@ class FilterReport(Sequence[LayerRow]):
         return tuple(dict.fromkeys(row.model for row in self.rows))
 
     @property
+    def metrics(self) -> tuple[str, ...]:
+        """Metric columns the report holds: metric-table order, then any others."""
+        held = dict.fromkeys(name for row in self.rows for name in row.metrics)
+        known = [name for name in metric_table.names() if name in held]
+        return (*known, *(name for name in held if name not in known))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Column names of the exported table, in order."""
+        return (*_BEFORE, *self.metrics, *_AFTER)
+
+    @property
     def measured(self) -> tuple[LayerRow, ...]:
         """Rows of the measured layers (``status == "ok"``)."""
         return tuple(row for row in self.rows if row.status == "ok")
@@ -174,8 +213,8 @@ class FilterReport(Sequence[LayerRow]):
         Returns:
             The values, in row order.
         """
-        if name not in _TYPES:
-            raise KeyError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
+        if name not in _TYPES and name not in self.metrics:
+            raise KeyError(f"unknown column {name!r}; columns: {', '.join(self.columns)}")
         rows = self.measured if measured_only else self.rows
         return [getattr(row, name) for row in rows]
 
@@ -184,18 +223,25 @@ class FilterReport(Sequence[LayerRow]):
         """Rows as plain dicts (JSON-ready apart from NaN).
 
         Returns:
-            One dict per row, keys in ``COLUMNS`` order.
+            One dict per row, keys in ``columns`` order.
         """
-        return [asdict(row) for row in self.rows]
+        metrics = self.metrics
+        return [row.record(metrics) for row in self.rows]
 
     def to_pandas(self) -> Any:
         """Rows as a pandas DataFrame; ``df.attrs["filterstats"]`` holds the parameters.
 
+        Integer columns with unknown values (skipped layers) are pandas' nullable
+        ``Int64``.
+
         Returns:
-            A ``pandas.DataFrame`` with the columns of ``COLUMNS``.
+            A ``pandas.DataFrame`` with the columns of ``columns``.
         """
         pd = require("pandas", extra="pandas")
-        frame = pd.DataFrame(self.to_records(), columns=list(COLUMNS))
+        frame = pd.DataFrame(self.to_records(), columns=list(self.columns))
+        for name, kind in _TYPES.items():
+            if kind.startswith("int"):
+                frame[name] = frame[name].astype("Int64")
         frame.attrs["filterstats"] = asdict(self.params)
         return frame
 
@@ -210,7 +256,7 @@ class FilterReport(Sequence[LayerRow]):
         """
         buffer = io.StringIO()
         buffer.write("# filterstats " + json.dumps(asdict(self.params), sort_keys=True) + "\n")
-        writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(self.columns), lineterminator="\n")
         writer.writeheader()
         for record in self.to_records():
             writer.writerow({k: csv_value(v) for k, v in record.items()})
@@ -247,8 +293,9 @@ class FilterReport(Sequence[LayerRow]):
         """
         pa = require("pyarrow", extra="pandas")
         pq = require("pyarrow.parquet", extra="pandas")
-        columns = {name: [getattr(r, name) for r in self.rows] for name in COLUMNS}
-        table = pa.table(columns, schema=_arrow_schema(pa))
+        records = self.to_records()
+        columns = {name: [r[name] for r in records] for name in self.columns}
+        table = pa.table(columns, schema=_arrow_schema(pa, self.metrics))
         meta = {b"filterstats": json.dumps(asdict(self.params)).encode()}
         table = table.replace_schema_metadata(meta)
         with atomic_target(path) as temporary:
@@ -259,52 +306,47 @@ class FilterReport(Sequence[LayerRow]):
         return self.table()
 
     def table(self, *, max_rows: int = 60) -> str:
-        """The report as a fixed-width text table.
+        """The report as fixed-width text: measured layers, then skipped ones with reasons.
+
+        Shows the metrics of the table marked ``default`` (the paper's three) that
+        the report holds; ``to_pandas()`` and the exports have every column.
 
         Args:
-            max_rows: Rows shown before eliding the middle.
+            max_rows: Measured rows shown before eliding the middle (skipped rows are
+                all listed).
 
         Returns:
-            The table as text, one line per layer.
+            The table as text.
         """
         multi = len(self.models) > 1
-        head = ["model"] if multi else []
-        head += ["layer", "type", "shape", "depth", "sparsity", "diversity", "orthogonality"]
+        lead = ["model"] if multi else []
+        shown = [m for m in metric_table.default_metrics() if m in self.metrics]
+        head = [*lead, "layer", "type", "shape", "depth", *shown]
         lines = []
-        for row in self.rows:
+        for row in self.measured:
             cells = [row.model] if multi else []
-            shape = _shape_text(row)
-            if row.status == "ok":
-                cells += [
-                    row.layer,
-                    row.module_type,
-                    shape,
-                    _fmt(row.conv_depth_norm, 2),
-                    _fmt(row.sparsity),
-                    _fmt(row.diversity),
-                    _fmt(row.orthogonality),
-                ]
-            else:
-                cells += [row.layer, row.module_type, "skipped: " + row.reason, "", "", "", ""]
+            cells += [row.layer, row.module_type, _shape_text(row), _fmt(row.conv_depth_norm, 2)]
+            cells += [_fmt(getattr(row, m), metric_table.get_metric(m).digits) for m in shown]
             lines.append(cells)
         if len(lines) > max_rows:
             half = max_rows // 2
             lines = [*lines[:half], ["..."] + [""] * (len(head) - 1), *lines[-half:]]
-        widths = [
-            max([len(h)] + [len(c[i]) for c in lines if i < len(c)]) for i, h in enumerate(head)
-        ]
-        widths = [min(w, 48) for w in widths]
-
-        def render(cells: list[str]) -> str:
-            return "  ".join(c[:48].ljust(w) for c, w in zip(cells, widths)).rstrip()
-
+        params = self.params
         title = (
             f"FilterReport: {', '.join(self.models) or 'empty'} — {len(self.measured)} layers "
-            f"measured, {len(self.skipped)} skipped (definition={self.params.definition}, "
-            f"eps={self.params.eps}, kernel={self.params.kernel_size}, "
-            f"depth={self.params.depth_method})"
+            f"measured, {len(self.skipped)} skipped (definition={params.definition}, "
+            f"eps={params.eps}, kernel={params.kernel_size}, depth={params.depth_method})"
         )
-        return "\n".join([title, render(head), *(render(c) for c in lines)])
+        parts = [title, *_render(head, lines)]
+        if self.skipped:
+            skip_head = [*lead, "layer", "type", "shape", "depth", "reason"]
+            skip_lines = [
+                [*([row.model] if multi else []), row.layer, row.module_type,
+                 _shape_text(row), _fmt(row.conv_depth_norm, 2), row.reason]
+                for row in self.skipped
+            ]  # fmt: skip
+            parts += ["skipped:", *_render(skip_head, skip_lines)]
+        return "\n".join(parts)
 
     # ---------------------------------------------------------------- combine
     @classmethod
@@ -322,27 +364,46 @@ class FilterReport(Sequence[LayerRow]):
         return cls(tuple(row for r in reports for row in r.rows), reports[0].params)
 
 
+def _render(head: list[str], lines: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell; the last column (values or reasons) uncut."""
+    widths = [max([len(h)] + [len(c[i]) for c in lines if i < len(c)]) for i, h in enumerate(head)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [head, *lines]
+    ]
+
+
 def _shape_text(row: LayerRow) -> str:
-    per_group = row.in_channels // row.groups if row.groups else row.in_channels
-    shape = f"{row.out_channels}x{per_group}x{row.kernel_size}"
-    return shape if row.groups <= 1 else f"{shape} g={row.groups}"
+    """``C_out x C_in/groups x kernel`` (``?`` for what is unknown), with ``g=`` when grouped."""
+    if row.out_channels is None and not row.kernel_size:
+        return "?"
+    groups = row.groups or 1
+    per_group = "?" if row.in_channels is None else str(row.in_channels // groups)
+    out = "?" if row.out_channels is None else str(row.out_channels)
+    shape = f"{out}x{per_group}x{row.kernel_size or '?'}"
+    return shape if groups <= 1 else f"{shape} g={groups}"
 
 
-def _fmt(value: float, digits: int = 4) -> str:
+def _fmt(value: float | None, digits: int = 4) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _arrow_schema(pa: Any) -> Any:
+def _arrow_schema(pa: Any, metrics: Sequence[str]) -> Any:
     kinds = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
-    return pa.schema([(name, kinds[str(_TYPES[name])]) for name in COLUMNS])
+    meta = [(name, kinds[_kind(name)]) for name in _BEFORE]
+    values = [(name, pa.float64()) for name in metrics]
+    return pa.schema([*meta, *values, *((name, kinds[_kind(name)]) for name in _AFTER)])
+
+
+def _kind(name: str) -> str:
+    return _TYPES[name].split(" ")[0]  # "int | None" -> "int"
 
 
 def _convert(name: str, value: Any) -> Any:
-    kind = str(_TYPES[name])
+    kind = _kind(name) if name in _TYPES else "float"
     if kind == "str":
         return "" if value is None else str(value)
     if kind == "int":
-        return int(value) if value not in (None, "") else 0
+        return None if value in (None, "") else int(value)
     number = math.nan if value in (None, "", "nan") else float(value)
     return math.nan if math.isnan(number) else number  # one NaN object: rows compare equal
 
@@ -359,10 +420,18 @@ def _params_from(payload: dict[str, Any]) -> AnalysisParams:
 
 
 def _rows_from(records: list[dict[str, Any]]) -> tuple[LayerRow, ...]:
-    missing = set(COLUMNS) - set(records[0]) if records else set()
+    """Rows from flat records: the metadata columns, and every other column a metric."""
+    missing = {*_BEFORE, *_AFTER} - set(records[0]) if records else set()
     if missing:
         raise ValueError(f"not a filterstats table: columns {sorted(missing)} are missing")
-    return tuple(LayerRow(**{n: _convert(n, r[n]) for n in COLUMNS}) for r in records)
+    rows = []
+    for record in records:
+        meta = {name: _convert(name, record[name]) for name in (*_BEFORE, *_AFTER)}
+        values = {k: _convert(k, v) for k, v in record.items() if k not in _TYPES}
+        if meta["status"] != "ok":
+            values = {k: v for k, v in values.items() if not math.isnan(v)}
+        rows.append(LayerRow(**meta, metrics=values))
+    return tuple(rows)
 
 
 def read_report(path: str | os.PathLike[str]) -> FilterReport:

@@ -45,10 +45,16 @@ def test_bins_equal_pandas_cut():
 
 
 def _row(layer, depth, norm, n_filters, n_nonsparse, sparsity, diversity, out, ortho):
+    values = {
+        "sparsity": sparsity,
+        "diversity": diversity,
+        "diversity_clean": diversity,
+        "entropy_raw": diversity,
+        "orthogonality": ortho,
+    }
     return LayerRow(model="m", layer=layer, module_type="Conv2d", conv_depth=depth,
                     conv_depth_norm=norm, n_filters=n_filters, n_nonsparse=n_nonsparse,
-                    sparsity=sparsity, diversity=diversity, diversity_clean=diversity,
-                    entropy_raw=diversity, out_channels=out, orthogonality=ortho)  # fmt: skip
+                    out_channels=out, metrics=values)  # fmt: skip
 
 
 def test_aggregation_weights_and_nan_entropy():

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from filterstats._checks import normalize_kernel_size
 from filterstats._progress import progress_bar
 from filterstats.scanning.executors import Executor, Lost, make_executor
 from filterstats.scanning.keys import FINGERPRINTS, fingerprint, model_key
@@ -159,12 +160,6 @@ def select_specs(
     return unique
 
 
-def _kernel_text(kernel_size: int | tuple[int, ...] | None) -> str:
-    if kernel_size is None:
-        return "all"
-    return str(kernel_size) if isinstance(kernel_size, int) else "x".join(map(str, kernel_size))
-
-
 def scan(
     specs: Sequence[str],
     store: str | os.PathLike[str],
@@ -185,6 +180,7 @@ def scan(
     depth: str = "auto",
     example_inputs: Any = None,
     device: str | torch.device | None = None,
+    trust_pickle: bool = False,
     executor_options: dict[str, Any] | None = None,
     callback: Callable[[ModelOutcome], None] | None = None,
     progress: bool = True,
@@ -232,6 +228,8 @@ def scan(
         depth: As in ``analyze``.
         example_inputs: As in ``analyze``.
         device: As in ``analyze``.
+        trust_pickle: As in ``analyze``: allow checkpoints that need pickled code
+            (for the default loader).
         executor_options: Keyword arguments for the executor class
             (e.g. ``{"partition": "gpu", "time_min": 30}`` for Slurm,
             ``{"address": "auto"}`` for Ray).
@@ -272,11 +270,12 @@ def scan(
     selected = select_specs(specs, shard=shard, limit=limit)
     engine = make_executor(executor, workers=workers, **(executor_options or {}))
     target = Store(store, create=True)
-    from filterstats import __version__
+    from filterstats._version import __version__
+    from filterstats.layers import selection_text
     from filterstats.results import SCHEMA_VERSION
 
     settings = {
-        "kernel_size": _kernel_text(kernel_size),
+        "kernel_size": selection_text(normalize_kernel_size(kernel_size)),
         "eps": eps,
         "definition": definition,
         "normalize": normalize,
@@ -305,6 +304,7 @@ def scan(
                     "kernel_size": kernel_size,
                     "example_inputs": example_inputs,
                     "depth": depth,
+                    "trust_pickle": trust_pickle,
                 },
                 measure_kwargs={
                     "eps": eps,

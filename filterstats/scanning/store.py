@@ -307,21 +307,18 @@ class Store:
             ordered by spec, layers in module order; ``.attrs["filterstats"]`` holds
             the analysis parameters when all models share them.
         """
-        pa = require("pyarrow", extra="pandas")
-        pq = require("pyarrow.parquet", extra="pandas")
-        from filterstats.results import COLUMNS, FilterReport
+        from filterstats.results import FilterReport, read_report
 
-        tables, params = [], []
+        reports, params = [], []
         for entry in self._ok_entries(models):
-            table = pq.read_table(self._existing(self.path / "layers" / entry.layers_file, entry))
-            meta = (table.schema.metadata or {}).get(b"filterstats")
-            params.append(json.loads(meta) if meta else {})
-            tables.append(table.select(list(COLUMNS)).replace_schema_metadata(None))
-        if not tables:
-            return FilterReport(()).to_pandas()
-        frame = pa.concat_tables(tables).to_pandas()
-        if params and all(p == params[0] for p in params):
-            frame.attrs["filterstats"] = params[0]
+            report = read_report(self._existing(self.path / "layers" / entry.layers_file, entry))
+            reports.append(report)
+            params.append(asdict(report.params))
+        # One report of all models: columns of every metric any of them holds (models
+        # scanned by an older version lack newer metrics: NaN there).
+        frame = FilterReport.concat(reports).to_pandas()
+        if not (params and all(p == params[0] for p in params)):
+            frame.attrs.pop("filterstats", None)  # the models were measured differently
         return frame
 
     def read_filters(

@@ -36,11 +36,12 @@ class ScanTask:
         store: Absolute path of the store folder.
         key: The key to store the result under.
         key_fields: What ``key`` hashes.
-        loader: ``loader(spec)`` returns a module, a state dict or a FilterSet;
-            ``None``: ``filterstats.zoo.specs.load_model``. Must be picklable
-            (a module-level function) for process, Slurm and Ray workers.
-        extract_kwargs: ``kernel_size``, ``example_inputs``, ``depth`` for
-            ``extract_filters``.
+        loader: ``loader(spec)`` returns anything ``extract_filters`` takes (a
+            module, a state dict, a FilterSet); ``None``: the spec itself goes
+            through ``extract_filters`` (``filterstats.zoo.specs.load_model``). Must
+            be picklable (a module-level function) for process, Slurm and Ray workers.
+        extract_kwargs: ``kernel_size``, ``example_inputs``, ``depth``,
+            ``trust_pickle`` for ``extract_filters``.
         measure_kwargs: ``eps``, ``definition``, ``normalize``, ``nan_policy``,
             ``device`` for ``analyze``.
         raw_dtype: Also store raw kernels in this dtype; ``None``: don't.
@@ -92,25 +93,16 @@ def _working_directory(path: str) -> Iterator[None]:
         os.chdir(previous)
 
 
-def _default_loader(spec: str) -> Any:
-    from filterstats.zoo.specs import load_model  # lazy: the zoo imports its extras on use
-
-    return load_model(spec)
-
-
 def _measure(task: ScanTask, store: Store) -> StoreEntry:
     from filterstats.analysis import analyze
-    from filterstats.extract import extract_filters
-    from filterstats.layers import FilterSet
+    from filterstats.resolve import extract_filters
     from filterstats.scanning.raw import write_filters
 
     start = time.perf_counter()
-    loader = task.loader or _default_loader
     with _working_directory(task.cwd):
-        model = loader(task.spec)
-    filters = (
-        model if isinstance(model, FilterSet) else extract_filters(model, **task.extract_kwargs)
-    )
+        # The one resolver, as analyze/compare use it: the same layers for the same model.
+        model = task.spec if task.loader is None else task.loader(task.spec)
+        filters = extract_filters(model, **task.extract_kwargs)
     del model  # the extracted weights are views; the rest of the model can go
     kernel_size = task.extract_kwargs.get("kernel_size", (3, 3))
     report = analyze(filters, label=task.spec, kernel_size=kernel_size, **task.measure_kwargs)
@@ -140,7 +132,7 @@ def _measure(task: ScanTask, store: Store) -> StoreEntry:
         raw_dtype=task.raw_dtype or "",
         n_rows=len(report),
         n_measured=len(report.measured),
-        n_filters=sum(row.n_filters for row in report.measured),
+        n_filters=sum(row.n_filters or 0 for row in report.measured),
         seconds=time.perf_counter() - start,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         host=socket.gethostname(),

@@ -10,9 +10,13 @@ spec                                        what it loads
 ``robustbench:DATASET/THREAT/NAME``         RobustBench model from ``./models``
 ``robustbench:DATASET/THREAT/NAME@DIR``     RobustBench model from model directory ``DIR``
 ``demo:normal`` / ``demo:robust[@SEED]``    the built-in demo models
-``PATH.pt|.pth|.bin|.ckpt|.safetensors``    a state dict read safely from the file
+``PATH.pt|.pth|.bin|.ckpt|.safetensors``    a state dict read safely from the file (a
+                                            TorchScript archive: its scripted module)
 ``PATH.onnx``                               filters read from the ONNX graph
 ==========================================  ==========================================
+
+[`filterstats.extract_filters`][filterstats.extract_filters] (and so every function
+that takes a model) accepts these spec strings directly.
 
 Example: ``robustbench:cifar10/Linf/Carmon2019Unlabeled@/data/robustbench``.
 """
@@ -20,17 +24,16 @@ Example: ``robustbench:cifar10/Linf/Carmon2019Unlabeled@/data/robustbench``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from filterstats.checkpoints import load_state_dict
+from filterstats.checkpoints import read_checkpoint, to_state_dict
 from filterstats.layers import FilterSet
 
-__all__ = ["ModelSpec", "extract_spec", "load_model", "parse_spec"]
+__all__ = ["ModelSpec", "load_model", "parse_spec"]
 
 SCHEMES: tuple[str, ...] = ("timm", "robustbench", "demo")
 STATE_DICT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -120,11 +123,12 @@ def load_model(
         trust_pickle: Allow checkpoints that need pickled code (can run code).
 
     Returns:
-        An ``nn.Module`` (timm, RobustBench, demo); a state dict ``{name: tensor}``
-        for plain checkpoint files (``extract_filters`` accepts it); a
-        [`FilterSet`][filterstats.FilterSet] of every kernel size for ``.onnx``
-        files. [`extract_spec`][filterstats.zoo.specs.extract_spec] turns any of
-        them into a ``FilterSet``.
+        An ``nn.Module`` (timm, RobustBench, demo, a TorchScript archive, a trusted
+        full pickle of a module); a state dict ``{name: tensor}`` for plain
+        checkpoint files (unwrapped as ``filterstats.checkpoints.to_state_dict``
+        does); a [`FilterSet`][filterstats.FilterSet] of every kernel size for
+        ``.onnx`` files. [`extract_filters`][filterstats.extract_filters] turns any
+        of them into a ``FilterSet``.
 
     Raises:
         ValueError: A malformed spec.
@@ -132,7 +136,10 @@ def load_model(
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     if parsed.scheme == "state_dict":
-        return load_state_dict(parsed.name, trust_pickle=trust_pickle)
+        held = read_checkpoint(parsed.name, trust_pickle=trust_pickle)
+        if isinstance(held, nn.Module):
+            return held
+        return to_state_dict(held, source=parsed.name)
     if parsed.scheme == "onnx":
         from filterstats.zoo.onnx import extract_onnx_filters
 
@@ -159,29 +166,3 @@ def load_model(
     seed = int(parsed.location) if parsed.location else 0
     model: nn.Module = demo.load_model(parsed.name, seed)
     return model
-
-
-def extract_spec(
-    spec: str | ModelSpec, *, kernel_size: Sequence[int] | None = (3, 3), trust_pickle: bool = False
-) -> FilterSet:
-    """Load a model spec and extract its convolution filters.
-
-    Args:
-        spec: A spec string or a parsed [`ModelSpec`][filterstats.zoo.specs.ModelSpec].
-        kernel_size: Keep this spatial kernel size; ``None``: every size.
-        trust_pickle: Allow checkpoints that need pickled code (can run code).
-
-    Returns:
-        The [`FilterSet`][filterstats.FilterSet] (for ``.onnx`` files read from the graph).
-    """
-    parsed = parse_spec(spec) if isinstance(spec, str) else spec
-    if parsed.scheme == "onnx":
-        from filterstats.zoo.onnx import extract_onnx_filters
-
-        return extract_onnx_filters(parsed.name, kernel_size=kernel_size)
-    from filterstats.extract import extract_filters
-
-    model = load_model(parsed, trust_pickle=trust_pickle)
-    assert not isinstance(model, FilterSet)  # only .onnx files give one, handled above
-    size = None if kernel_size is None else tuple(kernel_size)
-    return extract_filters(model, kernel_size=size)

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 import filterstats
-from filterstats.zoo.specs import ModelSpec, extract_spec, load_model, parse_spec
+import filterstats as fs
+from filterstats.zoo.specs import ModelSpec, load_model, parse_spec
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_onnx_file(tmp_path):
     torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False)
     everything = load_model(str(path))
     assert everything.names == ("0", "2")
-    only_3x3 = extract_spec(str(path))
+    only_3x3 = fs.extract_filters(str(path))
     assert only_3x3.names == ("0",)
     assert [s.name for s in only_3x3.skipped] == ["2"]
 
