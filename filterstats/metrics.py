@@ -14,8 +14,9 @@ returns a 1-D tensor with one value per layer, on the weights' device, in float6
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -138,13 +139,15 @@ class LayerMetrics(MetricAttributes):
 
 
 def _as_layers(x: object, argument: str = "filters") -> tuple[list[Tensor], list[str], bool]:
-    """Normalise any accepted input to (weights, names, is_single)."""
-    if isinstance(x, nn.Module):
-        raise TypeError(
-            f"`{argument}` must be a weight tensor, a FilterSet or a list of weights, got the "
-            f"module {type(x).__name__}. Pass `filterstats.extract_filters(model)` or "
-            "`conv.weight`."
-        )
+    """Normalise any accepted input to (weights, names, is_single).
+
+    A model (module, state dict, path or spec string) goes through the one resolver,
+    ``extract_filters`` (its 3x3 layers, as ``analyze`` would measure them).
+    """
+    if isinstance(x, (nn.Module, Mapping, str, os.PathLike)):
+        from filterstats.resolve import extract_filters
+
+        x = extract_filters(x, argument=argument)
     if isinstance(x, Tensor):
         return [_check_weight(x, argument)], ["layer0"], True
     if isinstance(x, ConvLayer):
@@ -167,8 +170,9 @@ def _as_layers(x: object, argument: str = "filters") -> tuple[list[Tensor], list
                 )
         return weights, names, False
     raise TypeError(
-        f"`{argument}` must be a weight tensor (C_out, C_in, kH, kW), a FilterSet or a list "
-        f"of weights, got {type(x).__name__}."
+        f"`{argument}` must be a weight tensor (C_out, C_in, kH, kW), a FilterSet, a list "
+        f"of weights, or a model (anything `filterstats.extract_filters` takes), got "
+        f"{type(x).__name__}."
     )
 
 
@@ -505,7 +509,9 @@ def sparsity(
 
     Args:
         filters: One weight ``(C_out, C_in / groups, *kernel)``, a
-            [`FilterSet`][filterstats.FilterSet] or a sequence of weights.
+            [`FilterSet`][filterstats.FilterSet], a sequence of weights, or a model
+            (resolved by [`extract_filters`][filterstats.extract_filters]: its 3x3
+            layers).
         eps: Threshold as a fraction of the layer's largest |weight|, in [0, 1).
         definition: ``"paper"`` (``<=``) or ``"torchconvquality"`` (``<``).
         strict: Override the comparison of ``definition``.
@@ -563,7 +569,9 @@ def diversity(
 
     Args:
         filters: One weight ``(C_out, C_in / groups, *kernel)``, a
-            [`FilterSet`][filterstats.FilterSet] or a sequence of weights.
+            [`FilterSet`][filterstats.FilterSet], a sequence of weights, or a model
+            (resolved by [`extract_filters`][filterstats.extract_filters]: its 3x3
+            layers).
         definition: ``"paper"`` or ``"torchconvquality"``; sets the defaults below.
         eps: Sparsity threshold for ``drop_sparse``, fraction of the layer's max.
         scale_filters: Divide each kernel by its own largest |value| first.
@@ -622,7 +630,9 @@ def orthogonality(
 
     Args:
         filters: One weight ``(C_out, C_in / groups, *kernel)``, a
-            [`FilterSet`][filterstats.FilterSet] or a sequence of weights.
+            [`FilterSet`][filterstats.FilterSet], a sequence of weights, or a model
+            (resolved by [`extract_filters`][filterstats.extract_filters]: its 3x3
+            layers).
         nan_policy: ``"propagate"``, ``"raise"`` or ``"omit"`` (leave out output
             filters holding NaN/inf).
         chunk_bytes: Working memory of one block of the Gram matrix; bounds peak
@@ -665,8 +675,9 @@ def measure(
     (for warnings). This is what [`analyze`][filterstats.analyze] uses.
 
     Args:
-        filters: A [`FilterSet`][filterstats.FilterSet], a weight, or a sequence of
-            weights.
+        filters: A [`FilterSet`][filterstats.FilterSet], a weight, a sequence of
+            weights, or a model (resolved by
+            [`extract_filters`][filterstats.extract_filters]: its 3x3 layers).
         eps: Sparsity threshold, fraction of the layer's largest |weight|.
         definition: ``"paper"`` or ``"torchconvquality"``.
         scale_filters: Override of the definition's kernel scaling for ``diversity``.

@@ -308,11 +308,23 @@ def test_values_within_ranges_and_match_reference(spec):
 # ------------------------------------------------------------------ errors
 
 
+def test_a_model_goes_through_the_one_resolver():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 1))
+    expected = fs.measure(fs.extract_filters(net))
+    for held in (net, net.state_dict()):
+        got = fs.measure(held)
+        assert got.names == ("0",)
+        for name in ("sparsity", "diversity", "orthogonality"):
+            torch.testing.assert_close(getattr(got, name), getattr(expected, name))
+    torch.testing.assert_close(fs.diversity(net[0]), fs.diversity(net[0].weight).reshape(1))
+
+
 def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="`filters`.*3 to 5 dimensions"):
         fs.sparsity(torch.randn(4, 9))
     with pytest.raises(TypeError, match="extract_filters"):
-        fs.sparsity(torch.nn.Conv2d(3, 3, 3))
+        fs.sparsity(object())
     with pytest.raises(ValueError, match="`eps`"):
         fs.sparsity(torch.randn(4, 4, 3, 3), eps=2.0)
     with pytest.raises(ValueError, match="`definition`"):

@@ -175,3 +175,24 @@ def test_pretrained_without_cache_never_downloads(tmp_path, no_network):
     with pytest.raises(CheckpointError, match="allow_download=True"):
         zoo_timm.create_model("resnet18.a1_in1k", pretrained=True, cache_dir=tmp_path)
     assert no_network == []
+
+
+def test_a_lightning_checkpoint_loads_into_its_timm_architecture(tmp_path):
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False)
+    lightning = {
+        "pytorch-lightning_version": "2.4.0",
+        "epoch": 1,
+        "global_step": 10,
+        "state_dict": {f"model.{key}": value for key, value in net.state_dict().items()},
+    }
+    path = tmp_path / "lightning.ckpt"
+    torch.save(lightning, path)
+    model = fs.load_model(f"timm:resnet18@{path}")
+    for (name, a), (_, b) in zip(model.state_dict().items(), net.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    from_spec = fs.analyze(f"timm:resnet18@{path}")
+    from_file = fs.analyze(str(path))  # the bare checkpoint: the network's own names
+    expected = [row.layer for row in fs.analyze(net).measured]
+    assert [row.layer for row in from_spec.measured] == expected
+    assert sorted(row.layer for row in from_file.measured) == sorted(expected)
