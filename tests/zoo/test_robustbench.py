@@ -239,6 +239,12 @@ def test_paper_filter_counts_match_extraction():
             with torch.device("meta"):
                 model = rb.build_model(pair.paper_id, pair.dataset, "Linf")
             model = model.to_empty(device="cpu")
+            # Distinct values: uninitialised memory can repeat, and equal weights count
+            # once (the shared-weight rule).
+            generator = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.normal_(generator=generator)
         except RuntimeError as error:
             unbuildable[pair.paper_id] = str(error)
             continue
