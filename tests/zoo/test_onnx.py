@@ -662,6 +662,22 @@ def test_shared_weight_counted_once(tmp_path):
     assert filters.n_filters == 4
 
 
+def test_one_quantised_weight_behind_two_dequantize_nodes_is_shared(tmp_path):
+    q = np.arange(2 * 2 * 9, dtype=np.int8).reshape(2, 2, 3, 3)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["q", "s"], ["w1"]),
+        helper.make_node("DequantizeLinear", ["q", "s"], ["w2"]),
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="/one/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "w2"], ["b"], name="/two/Conv", pads=[1, 1, 1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])]
+    inits = [numpy_helper.from_array(q, "q"), numpy_helper.from_array(np.float32(0.5), "s")]
+    filters = extract_onnx_filters(_save(_graph(nodes, inits, ["b"], inputs), tmp_path / "dq.onnx"))
+    assert filters.names == ("one",)
+    assert skipped_set(filters) == {("two", "shares its weight with 'one' (counted once there)")}
+    torch.testing.assert_close(filters["one"].weight, torch.from_numpy(q.astype(np.float32) * 0.5))
+
+
 def test_equal_values_in_separate_tensors_are_not_sharing(tmp_path):
     w = np.ones((2, 2, 3, 3), dtype=np.float32)
     nodes = [
