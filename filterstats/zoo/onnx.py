@@ -367,30 +367,32 @@ def _constants(graph: Any, onnx: Any) -> tuple[dict[str, np.ndarray], dict[str, 
             continue
         if not known or node.domain not in ("", "ai.onnx"):
             continue
-        value: np.ndarray | None = None
-        data = values[inputs[0]]
-        if node.op_type == "Identity":
-            value = data
-        elif node.op_type == "Cast":
-            target = onnx.helper.tensor_dtype_to_np_dtype(_attribute(node, "to", 1))
-            value = np.asarray(data).astype(target)
-        elif node.op_type == "Reshape" and len(inputs) == 2:
-            shape = [int(s) for s in values[inputs[1]].reshape(-1)]
-            # ONNX Reshape: 0 copies that dimension (allowzero=0, the default).
-            shape = [data.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-            try:
-                value = np.reshape(data, shape)
-            except ValueError:
-                continue
-        elif node.op_type == "DequantizeLinear":
-            if _attribute(node, "block_size", 0):
-                continue  # blocked quantisation: not read
-            zero = values[node.input[2]] if len(node.input) > 2 and node.input[2] else 0
-            value = _dequantize(data, values[node.input[1]], zero, int(_attribute(node, "axis", 1)))
+        try:
+            value = _fold(node, [values[name] for name in inputs], onnx)
+        except (ValueError, TypeError, IndexError, KeyError):
+            value = None  # not foldable here: a conv reading it is "computed at run time"
         if value is not None:
             values[node.output[0]] = value
             origins[node.output[0]] = origins[inputs[0]]
     return values, origins
+
+
+def _fold(node: Any, inputs: list[np.ndarray], onnx: Any) -> np.ndarray | None:
+    """The value of an ``Identity``/``Cast``/``Reshape``/``DequantizeLinear`` of constants."""
+    data = inputs[0]
+    if node.op_type == "Identity":
+        return data
+    if node.op_type == "Cast":
+        target = onnx.helper.tensor_dtype_to_np_dtype(_attribute(node, "to", 1))
+        return np.asarray(data).astype(target)
+    if node.op_type == "Reshape" and len(inputs) == 2:
+        shape = [int(s) for s in inputs[1].reshape(-1)]
+        # ONNX Reshape: 0 copies that dimension (allowzero=0, the default).
+        return np.reshape(data, [data.shape[i] if s == 0 else s for i, s in enumerate(shape)])
+    if node.op_type == "DequantizeLinear" and not _attribute(node, "block_size", 0):
+        zero = inputs[2] if len(inputs) > 2 else 0  # blocked quantisation is not read
+        return _dequantize(data, inputs[1], zero, int(_attribute(node, "axis", 1)))
+    return None
 
 
 def _per_axis(value: Any, ndim: int, axis: int) -> np.ndarray:

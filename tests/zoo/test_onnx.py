@@ -702,6 +702,24 @@ def test_half_precision_weights_behind_cast_are_read(tmp_path):
     torch.testing.assert_close(filters["conv"].weight, torch.from_numpy(w.astype(np.float32)))
 
 
+def test_a_constant_that_cannot_be_folded_is_a_skip_not_a_crash(tmp_path):
+    w = np.ones((2, 3, 3, 3), dtype=np.float32)
+    nodes = [
+        helper.make_node("Reshape", ["conv.weight", "bad_shape"], ["w"]),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="/conv/Conv", kernel_shape=[3, 3]),
+    ]
+    inits = [
+        numpy_helper.from_array(w, "conv.weight"),
+        numpy_helper.from_array(np.array([7, 5], dtype=np.int64), "bad_shape"),
+    ]
+    filters = extract_onnx_filters(_save(_graph(nodes, inits, ["y"]), tmp_path / "bad.onnx"))
+    assert filters.names == ()
+    assert skipped_set(filters) == {
+        ("conv", "weight is computed at run time, not stored in the file")
+    }
+    assert filters.skipped[0].kernel_size == (3, 3)
+
+
 def test_bad_files_and_arguments(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         extract_onnx_filters(tmp_path / "absent.onnx")
