@@ -42,9 +42,11 @@ that read different weights get the same name, the later one is named after its
 weight (rule 3), else ``"<name>@<n>"``.
 
 **Shared weights.** Nodes that read the same stored tensor (the same initializer or
-``Constant``, followed through the nodes above; equal values in separate tensors do
-not count) are counted once: the first in graph order is measured and lists the
-others in ``shared_with``; each other is skipped with
+``Constant``, followed through the nodes above), or tensors of exactly equal values
+that are not all one constant (the rule of every input,
+[`shared_weights`][filterstats.extract.shared_weights]), are counted once: the
+first in graph order is measured and lists the others in ``shared_with``; each
+other is skipped with
 ``"shares its weight with '<first>' (counted once there)"``. Nodes with the same
 name and weight (torch's dynamo exporter: a module called more than once) are one
 layer, whose depth is that of its deepest call. The TorchScript exporter names a
@@ -79,6 +81,7 @@ import torch
 from filterstats._checks import normalize_kernel_size
 from filterstats._optional import require
 from filterstats.checkpoints import CheckpointError
+from filterstats.extract import shared_weights
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer, layer_name
 
 __all__ = ["extract_onnx_filters"]
@@ -196,29 +199,13 @@ def _every_convolution(graph: Any, onnx: Any, source: str) -> FilterSet:
     span = max(len(levels) - 1, 1)
 
     items: list[ConvLayer | SkippedLayer] = []
-    owner: dict[str, int] = {}
-    shared: dict[int, list[str]] = {}
     for conv in convs:
         conv_depth = None if conv.depth is None else rank[conv.depth]
         norm = None if conv_depth is None else conv_depth / span
-        if conv.weight is None:
-            items.append(_unread(conv, conv_depth, norm))
-            continue
-        layer = _layer(conv, conv_depth, norm)
-        if conv.source is not None and conv.source in owner:
-            first = owner[conv.source]
-            shared.setdefault(first, []).append(conv.name)
-            reason = f"shares its weight with {items[first].name!r} (counted once there)"
-            items.append(SkippedLayer.of(layer, reason))
-            continue
-        if conv.source is not None:
-            owner[conv.source] = len(items)
-        items.append(layer)
-    layers = [
-        replace(item, shared_with=tuple(shared.get(position, ())))
-        for position, item in enumerate(items)
-        if isinstance(item, ConvLayer)
-    ]
+        read = conv.weight is not None
+        items.append(_layer(conv, conv_depth, norm) if read else _unread(conv, conv_depth, norm))
+    items = _mark_shared(items, [conv.source for conv in convs])
+    layers = [item for item in items if isinstance(item, ConvLayer)]
     skipped = [item for item in items if isinstance(item, SkippedLayer)]
     return FilterSet(
         tuple(layers),
@@ -228,6 +215,45 @@ def _every_convolution(graph: Any, onnx: Any, source: str) -> FilterSet:
         kernel_size=None,
         order=tuple(conv.name for conv in convs),
     )
+
+
+def _mark_shared(
+    items: list[ConvLayer | SkippedLayer], sources: list[str | None]
+) -> list[ConvLayer | SkippedLayer]:
+    """Skip every later user of a weight and list its names on the first.
+
+    A weight is shared when two nodes read the same stored tensor, or, by the rule
+    of every input ([`shared_weights`][filterstats.extract.shared_weights]), when two
+    tensors hold exactly equal values that are not all one constant.
+    """
+    positions = [i for i, item in enumerate(items) if isinstance(item, ConvLayer)]
+    by_value = shared_weights([items[i].weight for i in positions])  # type: ignore[union-attr]
+    first_reader: dict[str, int] = {}
+    owner: dict[int, int] = {}  # position of a copy -> position of its first user
+    for rank, position in enumerate(positions):
+        source = sources[position]
+        if source is not None and source in first_reader:
+            owner[position] = first_reader[source]
+        elif rank in by_value:
+            owner[position] = positions[by_value[rank]]
+        if source is not None:
+            first_reader.setdefault(source, owner.get(position, position))
+    result = list(items)
+    copies: dict[int, list[str]] = {}
+    for copy in sorted(owner):
+        first = owner[copy]
+        while first in owner:
+            first = owner[first]
+        layer = result[copy]
+        assert isinstance(layer, ConvLayer)
+        copies.setdefault(first, []).append(layer.name)
+        reason = f"shares its weight with {items[first].name!r} (counted once there)"
+        result[copy] = SkippedLayer.of(layer, reason)
+    for first, names in copies.items():
+        layer = result[first]
+        assert isinstance(layer, ConvLayer)
+        result[first] = replace(layer, shared_with=(*layer.shared_with, *names))
+    return result
 
 
 def _layer(conv: _Conv, conv_depth: int | None, norm: float | None) -> ConvLayer:

@@ -678,17 +678,29 @@ def test_one_quantised_weight_behind_two_dequantize_nodes_is_shared(tmp_path):
     torch.testing.assert_close(filters["one"].weight, torch.from_numpy(q.astype(np.float32) * 0.5))
 
 
-def test_equal_values_in_separate_tensors_are_not_sharing(tmp_path):
+@pytest.mark.parametrize("constant", [False, True])
+def test_equal_values_in_separate_tensors_follow_the_rule_of_every_door(tmp_path, constant):
+    # a tied weight stored twice is shared, as in a state dict; two constant (dead)
+    # layers are not one layer
     w = np.ones((2, 2, 3, 3), dtype=np.float32)
+    if not constant:
+        w = np.random.default_rng(4).normal(size=w.shape).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["x", "a.weight"], ["a"], pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["a", "b.weight"], ["b"], pads=[1, 1, 1, 1]),
     ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])]
-    inits = [numpy_helper.from_array(w, "a.weight"), numpy_helper.from_array(w, "b.weight")]
+    inits = [numpy_helper.from_array(w, "a.weight"), numpy_helper.from_array(w.copy(), "b.weight")]
     filters = extract_onnx_filters(_save(_graph(nodes, inits, ["b"], inputs), tmp_path / "eq.onnx"))
-    assert filters.names == ("a", "b")
-    assert filters.skipped == ()
+    state = {"a.weight": torch.from_numpy(w), "b.weight": torch.from_numpy(w.copy())}
+    from_state = fs.extract_filters(state)
+    assert filters.names == from_state.names
+    assert skipped_set(filters) == skipped_set(from_state)
+    if constant:
+        assert filters.names == ("a", "b")
+    else:
+        assert skipped_set(filters) == {("b", "shares its weight with 'a' (counted once there)")}
+        assert filters["a"].shared_with == ("b",)
 
 
 def test_half_precision_weights_behind_cast_are_read(tmp_path):
