@@ -10,7 +10,10 @@ Offline, a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import sys
 import tempfile
 import warnings
@@ -56,14 +59,27 @@ def main(out: Path) -> None:
     if importlib.util.find_spec("onnx") is not None:
         from filterstats.zoo.onnx import extract_onnx_filters
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the classic exporter is enough
-            torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), out / "model.onnx", dynamo=False)
-        from_onnx = fs.analyze(extract_onnx_filters(out / "model.onnx"), label="onnx")
-        for ours, theirs in zip(values(from_onnx), values(reference)):
-            torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs))
-        assert from_onnx.column("conv_depth_norm") == reference.column("conv_depth_norm")
-        print("model.onnx: same metrics and depths, read from the ONNX graph")
+        # torch's TorchScript exporter, and its default (dynamo) exporter where onnxscript
+        # is installed: both keep the module names, so the layers match by name.
+        exporters = [False] + ([True] if importlib.util.find_spec("onnxscript") else [])
+        for dynamo in exporters:
+            path = out / f"model-{'dynamo' if dynamo else 'torchscript'}.onnx"
+            exporter_log = logging.getLogger("torch.onnx")
+            level = exporter_log.level
+            exporter_log.setLevel(logging.ERROR)
+            try:  # quiet: the exporters' deprecation, progress and registration notes
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), path, dynamo=dynamo)
+            finally:
+                exporter_log.setLevel(level)
+            filters = extract_onnx_filters(path)  # every conv read, then the 3x3 selected
+            assert list(filters.names) == reference.column("layer")
+            from_onnx = fs.analyze(filters, label="onnx")
+            for ours, theirs in zip(values(from_onnx), values(reference)):
+                torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs))
+            assert from_onnx.column("conv_depth_norm") == reference.column("conv_depth_norm")
+            print(f"{path.name}: same layer names, metrics and depths, read from the ONNX graph")
     else:
         print("onnx not installed: pip install 'filterstats[onnx]' for the ONNX part")
 
