@@ -38,6 +38,9 @@ it, during the warm-up call of each method; Linux only ("n/a" elsewhere). On CUD
 Agreement: largest absolute difference per metric: filterstats' torchconvquality
 definition vs the package (S sparsity, H variance entropy, Hc clean entropy,
 O orthogonality); filterstats' paper definition vs the plain float64 loop.
+
+torchconvquality is a test dependency (``pip install 'filterstats[test]'``); without
+it the benchmark says so in one line on stderr and runs without its columns.
 """
 
 from __future__ import annotations
@@ -199,7 +202,7 @@ def _max_diff(ours: Tensor, theirs: Tensor) -> float:
 
 
 def bench_model(
-    name: str, device: torch.device, repeats: int, with_reference: bool
+    name: str, device: torch.device, repeats: int, with_reference: bool, torchconvquality: Any
 ) -> dict[str, Any]:
     model = architectures.build(name)
     filterset = fs.extract_filters(model)
@@ -233,13 +236,12 @@ def bench_model(
     if device.type == "cpu" and fs.kernels.native_pass_available():
         methods["filterstats (paper), torch path only"] = torch_only(ours("paper"))
     if with_reference:
-        import torchconvquality
-
+        methods["plain per-layer (float64)"] = lambda: plain_per_layer(weights)
+    if torchconvquality is not None:
         # The package works on CPU tensors only: the reference always runs on CPU.
         methods["torchconvquality.measure_quality"] = lambda: torchconvquality.measure_quality(
             model
         )
-        methods["plain per-layer (float64)"] = lambda: plain_per_layer(weights)
 
     # Warm-up round: also where peak memory and the results for agreement come from.
     results, memory = {}, {}
@@ -276,7 +278,7 @@ def bench_model(
     }
 
     agreement = {}
-    if with_reference:
+    if torchconvquality is not None:
         tcq = torchconvquality_values(results["torchconvquality.measure_quality"])
         ours_tcq = results["filterstats (torchconvquality)"]
         agreement["filterstats (torchconvquality)"] = (
@@ -285,6 +287,7 @@ def bench_model(
             f"Hc {_max_diff(ours_tcq.diversity_clean, tcq['diversity_clean']):.0e}, "
             f"O {_max_diff(ours_tcq.orthogonality, tcq['orthogonality']):.0e}"
         )
+    if with_reference:
         plain = results["plain per-layer (float64)"]
         ours_paper = results["filterstats (paper)"]
         agreement["filterstats (paper)"] = (
@@ -310,6 +313,32 @@ def bench_model(
         "agreement": agreement,
         "passes": passes,
     }
+
+
+def import_reference() -> Any:
+    """The torchconvquality package, or ``None`` (with one line on stderr) if absent.
+
+    It is a test dependency, not installed by the README's main command: without it
+    the benchmark runs and leaves out its columns.
+    """
+    try:
+        import torchconvquality
+    except ModuleNotFoundError as error:
+        if error.name == "torchconvquality":
+            fix = "pip install 'filterstats[test]' (or torchconvquality==0.3.0)"
+        elif error.name is not None and error.name.split(".")[0] == "distutils":
+            # torchconvquality 0.3.0 imports distutils, which setuptools provides.
+            fix = "pip install 'setuptools<82'"
+        else:
+            raise
+        sys.stdout.flush()
+        print(
+            f"bench_metrics: torchconvquality cannot be imported ({error}); running without "
+            f"its reference columns. For them: {fix}",
+            file=sys.stderr,
+        )
+        return None
+    return torchconvquality
 
 
 def _megabytes(value: float | None) -> str:
@@ -361,9 +390,12 @@ def main(argv: list[str] | None = None) -> None:
         + "\n"
     )
 
+    reference = None if args.no_reference else import_reference()
     rows, pass_rows = [], []
     for name in models:
-        result = bench_model(name, device, repeats, with_reference=not args.no_reference)
+        result = bench_model(
+            name, device, repeats, with_reference=not args.no_reference, torchconvquality=reference
+        )
         floor = half_gram_flops(result["weights"]) / peak32 + result["passes"]["read"]
         for label, seconds in result["times"].items():
             speedup = result["speedups"].get(label)
