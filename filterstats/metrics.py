@@ -465,8 +465,7 @@ def _warn_nonfinite(
         else "their metrics are NaN; use nan_policy='omit' to leave out the affected kernels"
     )
     warnings.warn(
-        f"non-finite (NaN or inf) weights in layer(s) {bad}: {effect} "
-        f"(nan_policy={nan_policy!r}).",
+        f"non-finite (NaN or inf) weights in layer(s) {bad}: {effect} (nan_policy={nan_policy!r}).",
         FilterStatsWarning,
         stacklevel=stacklevel,
     )
