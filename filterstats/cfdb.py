@@ -268,7 +268,7 @@ class FilterDB:
         for row in rows:
             start, stop = (int(v) for v in self._ranges[row])
             values = np.asarray(kernels[start:stop], dtype=np.float32).reshape(stop - start, -1)
-            out = _as_int(self.meta["out_channels"][row])
+            out = int(self.meta["out_channels"][row])
             width = math.prod(self.kernel_size)
             if values.shape[1] != width or out <= 0 or (stop - start) % out:
                 raise FilterDBError(
@@ -297,13 +297,13 @@ class FilterDB:
         if "layer" in self.meta and not _missing(self.meta["layer"][row]):
             return str(self.meta["layer"][row])
         if "layer_id" in self.meta:
-            return f"layer{_as_int(self.meta['layer_id'][row])}"
+            return f"layer{int(self.meta['layer_id'][row])}"
         return f"row{row}"
 
     def _optional_int(self, column: str, row: int) -> int | None:
         if column not in self.meta or _missing(self.meta[column][row]):
             return None
-        value = _as_int(self.meta[column][row])
+        value = int(self.meta[column][row])
         return None if value < 0 else value
 
     def _optional_float(self, column: str, row: int) -> float | None:
@@ -499,10 +499,6 @@ def _missing(value: Any) -> bool:
 def _plain(value: Any) -> Any:
     """A NumPy scalar as the Python value it holds (``np.True_`` -> ``True``)."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _as_int(value: Any) -> int:
-    return int(value)
 
 
 # ------------------------------------------------------ the pandas fixed layout
@@ -767,7 +763,7 @@ def write_cfdb(
         with h5py.File(temporary, "w") as file:
             kernels = file.create_dataset(
                 FILTERS, shape=(0, width), maxshape=(None, width), dtype="float32",
-                chunks=(min(1 << 16, 1 << 20 // width), width),
+                chunks=(max(1, min(1 << 16, (1 << 22) // (4 * width))), width),  # <= 4 MiB
             )  # fmt: skip
             for label, stream in streams:
                 for name, info, values in stream:
