@@ -9,7 +9,8 @@ Run from the repository root::
 Everything runs in one process: per model, one warm-up round, then ``--repeats``
 interleaved rounds (filterstats paper, filterstats torchconvquality, filterstats paper
 with the compiled kernel pass switched off (``FILTERSTATS_NATIVE=0``, the torch path;
-only when the compiled pass is available), the authors'
+only when the compiled pass is available), the drop-in
+``filterstats.compat.torchconvquality.measure_quality`` (CPU), the authors'
 ``torchconvquality.measure_quality``, a plain float64 per-layer loop); the table shows
 medians, and the speed-up against the authors' package is the median of the
 per-round ratios. Each filterstats time includes ``extract_filters(model)`` (torch.fx
@@ -69,6 +70,7 @@ import architectures
 
 import filterstats as fs
 from filterstats import metrics
+from filterstats.compat import torchconvquality as compat
 
 FULL_MODELS = ("WRN-70-16", "WRN-28-10", "ResNet-50")
 QUICK_MODELS = ("small-cnn", "WRN-16-2")
@@ -194,6 +196,19 @@ def torchconvquality_values(result: dict[str, dict[str, float]]) -> dict[str, Te
     }
 
 
+def _dict_agreement(ours: dict[str, dict[str, float]], theirs: dict[str, dict[str, float]]) -> str:
+    """Whether the layer and key lists are equal, and the largest difference of any value."""
+    same = list(ours) == list(theirs) and all(list(ours[n]) == list(theirs[n]) for n in theirs)
+    worst = max(
+        0.0
+        if math.isnan(theirs[n][k]) and math.isnan(ours[n][k])
+        else abs(ours[n][k] - theirs[n][k])
+        for n in theirs
+        for k in theirs[n]
+    )
+    return f"keys {'equal' if same else 'DIFFER'}, all 7 values {worst:.0e}"
+
+
 def _max_diff(ours: Tensor, theirs: Tensor) -> float:
     return float((ours.cpu() - theirs.cpu()).abs().max())
 
@@ -235,6 +250,9 @@ def bench_model(
     }
     if device.type == "cpu" and fs.kernels.native_pass_available():
         methods["filterstats (paper), torch path only"] = torch_only(ours("paper"))
+    if device.type == "cpu":
+        # The drop-in: torchconvquality's call and dicts, on one batched measure pass.
+        methods["filterstats.compat.torchconvquality"] = lambda: compat.measure_quality(model)
     if with_reference:
         methods["plain per-layer (float64)"] = lambda: plain_per_layer(weights)
     if torchconvquality is not None:
@@ -287,6 +305,11 @@ def bench_model(
             f"Hc {_max_diff(ours_tcq.diversity_clean, tcq['diversity_clean']):.0e}, "
             f"O {_max_diff(ours_tcq.orthogonality, tcq['orthogonality']):.0e}"
         )
+        if "filterstats.compat.torchconvquality" in results:
+            agreement["filterstats.compat.torchconvquality"] = _dict_agreement(
+                results["filterstats.compat.torchconvquality"],
+                results["torchconvquality.measure_quality"],
+            )
     if with_reference:
         plain = results["plain per-layer (float64)"]
         ours_paper = results["filterstats (paper)"]
