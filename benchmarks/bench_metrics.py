@@ -9,7 +9,8 @@ Run from the repository root::
 Everything runs in one process: per model, one warm-up round, then ``--repeats``
 interleaved rounds (filterstats paper, filterstats torchconvquality, filterstats paper
 with the compiled kernel pass switched off (``FILTERSTATS_NATIVE=0``, the torch path;
-only when the compiled pass is available), the authors'
+only when the compiled pass is available), the drop-in
+``filterstats.compat.torchconvquality.measure_quality`` (CPU), the authors'
 ``torchconvquality.measure_quality``, a plain float64 per-layer loop); the table shows
 medians, and the speed-up against the authors' package is the median of the
 per-round ratios. Each filterstats time includes ``extract_filters(model)`` (torch.fx
@@ -38,6 +39,9 @@ it, during the warm-up call of each method; Linux only ("n/a" elsewhere). On CUD
 Agreement: largest absolute difference per metric: filterstats' torchconvquality
 definition vs the package (S sparsity, H variance entropy, Hc clean entropy,
 O orthogonality); filterstats' paper definition vs the plain float64 loop.
+
+torchconvquality is a test dependency (``pip install 'filterstats[test]'``); without
+it the benchmark says so in one line on stderr and runs without its columns.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ import architectures
 
 import filterstats as fs
 from filterstats import metrics
+from filterstats.compat import torchconvquality as compat
 
 FULL_MODELS = ("WRN-70-16", "WRN-28-10", "ResNet-50")
 QUICK_MODELS = ("small-cnn", "WRN-16-2")
@@ -191,6 +196,19 @@ def torchconvquality_values(result: dict[str, dict[str, float]]) -> dict[str, Te
     }
 
 
+def _dict_agreement(ours: dict[str, dict[str, float]], theirs: dict[str, dict[str, float]]) -> str:
+    """Whether the layer and key lists are equal, and the largest difference of any value."""
+    same = list(ours) == list(theirs) and all(list(ours[n]) == list(theirs[n]) for n in theirs)
+    worst = max(
+        0.0
+        if math.isnan(theirs[n][k]) and math.isnan(ours[n][k])
+        else abs(ours[n][k] - theirs[n][k])
+        for n in theirs
+        for k in theirs[n]
+    )
+    return f"keys {'equal' if same else 'DIFFER'}, all 7 values {worst:.0e}"
+
+
 def _max_diff(ours: Tensor, theirs: Tensor) -> float:
     return float((ours.cpu() - theirs.cpu()).abs().max())
 
@@ -199,7 +217,7 @@ def _max_diff(ours: Tensor, theirs: Tensor) -> float:
 
 
 def bench_model(
-    name: str, device: torch.device, repeats: int, with_reference: bool
+    name: str, device: torch.device, repeats: int, with_reference: bool, torchconvquality: Any
 ) -> dict[str, Any]:
     model = architectures.build(name)
     filterset = fs.extract_filters(model)
@@ -232,14 +250,16 @@ def bench_model(
     }
     if device.type == "cpu" and fs.kernels.native_pass_available():
         methods["filterstats (paper), torch path only"] = torch_only(ours("paper"))
+    if device.type == "cpu":
+        # The drop-in: torchconvquality's call and dicts, on one batched measure pass.
+        methods["filterstats.compat.torchconvquality"] = lambda: compat.measure_quality(model)
     if with_reference:
-        import torchconvquality
-
+        methods["plain per-layer (float64)"] = lambda: plain_per_layer(weights)
+    if torchconvquality is not None:
         # The package works on CPU tensors only: the reference always runs on CPU.
         methods["torchconvquality.measure_quality"] = lambda: torchconvquality.measure_quality(
             model
         )
-        methods["plain per-layer (float64)"] = lambda: plain_per_layer(weights)
 
     # Warm-up round: also where peak memory and the results for agreement come from.
     results, memory = {}, {}
@@ -276,7 +296,7 @@ def bench_model(
     }
 
     agreement = {}
-    if with_reference:
+    if torchconvquality is not None:
         tcq = torchconvquality_values(results["torchconvquality.measure_quality"])
         ours_tcq = results["filterstats (torchconvquality)"]
         agreement["filterstats (torchconvquality)"] = (
@@ -285,6 +305,12 @@ def bench_model(
             f"Hc {_max_diff(ours_tcq.diversity_clean, tcq['diversity_clean']):.0e}, "
             f"O {_max_diff(ours_tcq.orthogonality, tcq['orthogonality']):.0e}"
         )
+        if "filterstats.compat.torchconvquality" in results:
+            agreement["filterstats.compat.torchconvquality"] = _dict_agreement(
+                results["filterstats.compat.torchconvquality"],
+                results["torchconvquality.measure_quality"],
+            )
+    if with_reference:
         plain = results["plain per-layer (float64)"]
         ours_paper = results["filterstats (paper)"]
         agreement["filterstats (paper)"] = (
@@ -310,6 +336,32 @@ def bench_model(
         "agreement": agreement,
         "passes": passes,
     }
+
+
+def import_reference() -> Any:
+    """The torchconvquality package, or ``None`` (with one line on stderr) if absent.
+
+    It is a test dependency, not installed by the README's main command: without it
+    the benchmark runs and leaves out its columns.
+    """
+    try:
+        import torchconvquality
+    except ModuleNotFoundError as error:
+        if error.name == "torchconvquality":
+            fix = "pip install 'filterstats[test]' (or torchconvquality==0.3.0)"
+        elif error.name is not None and error.name.split(".")[0] == "distutils":
+            # torchconvquality 0.3.0 imports distutils, which setuptools provides.
+            fix = "pip install 'setuptools<82'"
+        else:
+            raise
+        sys.stdout.flush()
+        print(
+            f"bench_metrics: torchconvquality cannot be imported ({error}); running without "
+            f"its reference columns. For them: {fix}",
+            file=sys.stderr,
+        )
+        return None
+    return torchconvquality
 
 
 def _megabytes(value: float | None) -> str:
@@ -361,9 +413,12 @@ def main(argv: list[str] | None = None) -> None:
         + "\n"
     )
 
+    reference = None if args.no_reference else import_reference()
     rows, pass_rows = [], []
     for name in models:
-        result = bench_model(name, device, repeats, with_reference=not args.no_reference)
+        result = bench_model(
+            name, device, repeats, with_reference=not args.no_reference, torchconvquality=reference
+        )
         floor = half_gram_flops(result["weights"]) / peak32 + result["passes"]["read"]
         for label, seconds in result["times"].items():
             speedup = result["speedups"].get(label)

@@ -456,14 +456,36 @@ def _finalize(
     return values
 
 
+def _warn_nonfinite(
+    names: list[str], finite: list[bool], nan_policy: NanPolicy, stacklevel: int
+) -> None:
+    """One warning per call naming every layer with NaN/inf weights (not under "raise")."""
+    bad = [name for name, ok in zip(names, finite) if not ok]
+    if not bad:
+        return
+    effect = (
+        "the kernels and output filters holding them are left out"
+        if nan_policy == "omit"
+        else "their metrics are NaN; use nan_policy='omit' to leave out the affected kernels"
+    )
+    warnings.warn(
+        f"non-finite (NaN or inf) weights in layer(s) {bad}: {effect} (nan_policy={nan_policy!r}).",
+        FilterStatsWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def _warn_degenerate(
-    names: list[str], weights: list[Tensor], first: _LayerPass, metric: str
+    names: list[str], weights: list[Tensor], first: _LayerPass, metric: str, nan_policy: NanPolicy
 ) -> None:
     if not names:
         return
     verb = "are" if " and " in metric else "is"
     # One host transfer for the whole set.
-    dead, no_finite = torch.stack([first.layer_max == 0, first.n_valid == 0]).tolist()
+    dead, no_finite, finite = torch.stack(
+        [first.layer_max == 0, first.n_valid == 0, first.finite]
+    ).tolist()
+    _warn_nonfinite(names, finite, nan_policy, stacklevel=4)
     for name, weight, is_dead, empty in zip(names, weights, dead, no_finite):
         if empty:
             warnings.warn(
@@ -536,6 +558,8 @@ def sparsity(
     first = _layer_pass(weights, eps, settings.strict, nan_policy)
     _check_nan_policy(names, first, nan_policy)
     values = _finalize(_sparsity_values(first), first, nan_policy, dead_is_nan=False)
+    if names and nan_policy != "raise":
+        _warn_nonfinite(names, first.finite.tolist(), nan_policy, stacklevel=3)
     return _single(values, single)
 
 
@@ -608,7 +632,7 @@ def diversity(
     if settings.normalize:
         values = _normalized(values, first.moments[0], device)
     values = _finalize(values, first, nan_policy, dead_is_nan=True)
-    _warn_degenerate(names, weights, first, "diversity")
+    _warn_degenerate(names, weights, first, "diversity", nan_policy)
     return _single(values, single)
 
 
@@ -653,7 +677,7 @@ def orthogonality(
     _check_nan_policy(names, first, nan_policy)
     values = _orthogonality_values(weights, first, nan_policy, chunk_bytes)
     values = _finalize(values, first, nan_policy, dead_is_nan=True)
-    _warn_degenerate(names, weights, first, "orthogonality")
+    _warn_degenerate(names, weights, first, "orthogonality", nan_policy)
     return _single(values, single)
 
 
@@ -729,7 +753,7 @@ def measure(
     )
     n_filters = first.n_kernels
     n_sparse = first.n_sparse
-    _warn_degenerate(names, weights, first, "diversity and orthogonality")
+    _warn_degenerate(names, weights, first, "diversity and orthogonality", nan_policy)
     return LayerMetrics(
         names=tuple(names),
         n_filters=n_filters,

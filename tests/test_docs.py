@@ -305,3 +305,17 @@ def test_docs_command_installs_the_docs_extra() -> None:
     wanted = set(re.findall(r'"([^"]+)"', extra.group(1)))
     assert set(re.findall(r"'([^']+)'", command)) == wanted
     assert "mkdocs build --strict" in command
+
+
+def test_zoo_environment_command_has_the_ci_pins() -> None:
+    """docs/zoos.md's zoo-environment command installs what .ci/run_zoo.sh installs."""
+    script = (ROOT / ".ci" / "run_zoo.sh").read_text(encoding="utf-8")
+    pins = re.findall(r"(torch==\S+|torchvision==\S+|'setuptools<\d+')", script)
+    extras = re.search(r"\$root(\[[a-z,]+\])", script)
+    assert len(pins) == 3 and extras, "the pins of .ci/run_zoo.sh changed shape"
+    page = (DOCS / "zoos.md").read_text(encoding="utf-8")
+    command = next(
+        line for line in page.splitlines() if line.startswith("python3 -m venv .venv-zoo")
+    )
+    for needed in (*pins, f"-e '.{extras.group(1)}'"):
+        assert needed in command, f"docs/zoos.md's zoo command lacks {needed}"

@@ -1,5 +1,5 @@
-// MathJax settings for pymdownx.arithmatex (generic mode). The MathJax script itself is
-// loaded by the reader's browser; without network, formulas show as their LaTeX source.
+// MathJax settings for pymdownx.arithmatex (generic mode). MathJax itself is vendored
+// under javascripts/mathjax/ (see SOURCE.txt there), so formulas render offline.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],

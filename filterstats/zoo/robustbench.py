@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import logging
 import os
 import re
@@ -29,9 +30,19 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from filterstats._warnings import FilterStatsWarning
 from filterstats.checkpoints import CheckpointError, read_checkpoint, to_state_dict
 
-__all__ = ["RobustBenchModel", "build_model", "checkpoint_paths", "list_models", "load_model"]
+__all__ = [
+    "SNAPSHOT_FILE",
+    "RobustBenchModel",
+    "build_model",
+    "checkpoint_paths",
+    "list_models",
+    "load_model",
+    "read_snapshot",
+    "registry_entries",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +98,12 @@ def list_models(
 ) -> tuple[RobustBenchModel, ...]:
     """List the models RobustBench knows, without downloading anything.
 
+    Reads RobustBench's installed model registry. Without RobustBench (or when it
+    cannot be imported), reads the registry snapshot shipped with filterstats
+    (``SNAPSHOT_FILE``: RobustBench 1.1.1, with its date) and says so in a
+    [`FilterStatsWarning`][filterstats.FilterStatsWarning] (one line on stderr in
+    the CLI); loading a model still needs ``pip install 'filterstats[robustbench]'``.
+
     Args:
         dataset: Keep one dataset (``"cifar10"``, ``"cifar100"``, ``"imagenet"``); ``None``: all.
         threat_model: Keep one threat model (``"Linf"``, ``"L2"``, ``"corruptions"``);
@@ -95,33 +112,79 @@ def list_models(
     Returns:
         Registry entries in RobustBench's order (dataset, threat model, name).
     """
-    zoo = _zoo()
     datasets = DATASETS if dataset is None else (_check_dataset(dataset),)
     threats = THREAT_MODELS if threat_model is None else (_check_threat(threat_model),)
+    try:
+        entries = registry_entries()
+    except ModuleNotFoundError as error:
+        snapshot = read_snapshot()
+        warnings.warn(
+            f"RobustBench cannot be imported ({error}): listing the snapshot of RobustBench "
+            f"{snapshot['robustbench_version']}'s model registry taken {snapshot['date']}.",
+            FilterStatsWarning,
+            stacklevel=2,
+        )
+        entries = snapshot["models"]
     paper = _paper_architectures()
-    records = []
+    return tuple(
+        RobustBenchModel(
+            **entry,
+            paper_architecture=paper.get(
+                (entry["name"], entry["dataset"], entry["threat_model"]), ""
+            ),
+        )
+        for entry in entries
+        if entry["dataset"] in datasets and entry["threat_model"] in threats
+    )
+
+
+#: The shipped snapshot of RobustBench's model registry (package data).
+SNAPSHOT_FILE = "robustbench_models.json"
+
+
+def registry_entries() -> list[dict[str, Any]]:
+    """Every entry of the installed RobustBench's model registry, as plain values.
+
+    Returns:
+        ``{"name", "dataset", "threat_model", "architecture", "n_checkpoints",
+        "downloadable"}`` per model, in RobustBench's order.
+
+    Raises:
+        ModuleNotFoundError: RobustBench (or what it imports) is missing.
+    """
+    zoo = _zoo()
+    entries = []
     for dataset_enum, by_threat in zoo.model_dicts.items():
-        if dataset_enum.value not in datasets:
-            continue
         for threat_enum, models in by_threat.items():
-            if threat_enum.value not in threats:
-                continue
             for name, entry in models.items():
                 ids = entry.get("gdrive_id")
-                records.append(
-                    RobustBenchModel(
-                        name=name,
-                        dataset=dataset_enum.value,
-                        threat_model=threat_enum.value,
-                        architecture=_describe(entry["model"]),
-                        n_checkpoints=len(ids) if isinstance(ids, list | tuple) else 1,
-                        downloadable=ids is not None,
-                        paper_architecture=paper.get(
-                            (name, dataset_enum.value, threat_enum.value), ""
-                        ),
-                    )
+                entries.append(
+                    {
+                        "name": name,
+                        "dataset": dataset_enum.value,
+                        "threat_model": threat_enum.value,
+                        "architecture": _describe(entry["model"]),
+                        "n_checkpoints": len(ids) if isinstance(ids, list | tuple) else 1,
+                        "downloadable": ids is not None,
+                    }
                 )
-    return tuple(records)
+    return entries
+
+
+def read_snapshot() -> dict[str, Any]:
+    """The shipped registry snapshot: ``robustbench_version``, ``date``, ``models``.
+
+    Returns:
+        The snapshot; its ``models`` are entries as
+        [`registry_entries`][filterstats.zoo.robustbench.registry_entries] gives them.
+    """
+    from importlib import resources
+
+    # One name per joinpath: Traversable.joinpath takes a single argument on Python 3.10.
+    data = resources.files("filterstats.zoo").joinpath("data").joinpath(SNAPSHOT_FILE)
+    text = data.read_text(encoding="utf-8")
+    snapshot: dict[str, Any] = json.loads(text)
+    return snapshot
 
 
 def checkpoint_paths(

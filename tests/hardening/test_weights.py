@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,83 @@ def test_analyze_raise_names_the_model_layer():
     model = _net_with_weight(_with_nonfinite(math.nan))
     with pytest.raises(ValueError, match=r"\['conv'\]"):
         fs.analyze(model, nan_policy="raise")
+
+
+def _nonfinite_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, fs.FilterStatsWarning) and "non-finite" in str(w.message)
+    ]
+
+
+def _three_layers(bad: float) -> nn.Module:
+    """Layers 'a' and 'c' hold a non-finite weight, 'b' is clean."""
+    late = _weight(6, 6, 3, 3, seed=2)
+    late[0, 0, 1, 1] = bad
+    model = nn.Sequential()
+    for name, weight in (("a", _with_nonfinite(bad)), ("b", _weight(6, 6, 3, 3)), ("c", late)):
+        conv = nn.Conv2d(weight.shape[1], 6, 3, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+        model.add_module(name, conv)
+    return model
+
+
+NONFINITE_CALLS = {
+    "sparsity": lambda filters, policy: fs.sparsity(filters, nan_policy=policy),
+    "diversity": lambda filters, policy: fs.diversity(filters, nan_policy=policy),
+    "orthogonality": lambda filters, policy: fs.orthogonality(filters, nan_policy=policy),
+    "measure": lambda filters, policy: fs.measure(filters, nan_policy=policy),
+    "analyze": lambda filters, policy: fs.analyze(filters, nan_policy=policy),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("policy", ["propagate", "omit"])
+@pytest.mark.parametrize("entry", list(NONFINITE_CALLS))
+def test_nonfinite_weights_give_one_warning_naming_the_layers(entry, policy, bad):
+    filters = fs.extract_filters(_three_layers(bad))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        NONFINITE_CALLS[entry](filters, policy)
+    messages = _nonfinite_warnings(caught)
+    assert len(messages) == 1, messages
+    assert "layer(s) ['a', 'c']" in messages[0]
+    assert f"nan_policy={policy!r}" in messages[0]
+    effect = "left out" if policy == "omit" else "NaN"
+    assert effect in messages[0]
+
+
+@pytest.mark.parametrize("entry", list(NONFINITE_CALLS))
+def test_finite_weights_give_no_nonfinite_warning(entry):
+    filters = fs.extract_filters(nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 6, 3)))
+    for policy in ("propagate", "omit", "raise"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            NONFINITE_CALLS[entry](filters, policy)
+        assert _nonfinite_warnings(caught) == []
+
+
+@pytest.mark.parametrize("entry", list(NONFINITE_CALLS))
+def test_raise_policy_raises_without_a_warning(entry):
+    filters = fs.extract_filters(_three_layers(math.nan))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"\['a', 'c'\]"):
+            NONFINITE_CALLS[entry](filters, "raise")
+    assert _nonfinite_warnings(caught) == []
+
+
+def test_nonfinite_warning_points_at_the_caller():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fs.sparsity(_with_nonfinite(math.nan))
+        fs.measure(_with_nonfinite(math.nan))
+    assert [Path(w.filename).name for w in caught if "non-finite" in str(w.message)] == [
+        "test_weights.py",
+        "test_weights.py",
+    ]
 
 
 def test_default_policy_is_propagate():
