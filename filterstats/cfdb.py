@@ -59,8 +59,8 @@ from torch import nn
 from filterstats._files import atomic_target
 from filterstats._optional import require
 from filterstats.distribution import DivergenceByDepth, filter_divergence
-from filterstats.extract import extract_filters
 from filterstats.layers import ConvLayer, FilterSet
+from filterstats.resolve import extract_filters
 
 __all__ = [
     "FilterDB",
@@ -754,7 +754,7 @@ def write_cfdb(
                     f"`meta[{label!r}][{key!r}]` must be a string, number, boolean or None, "
                     f"got {type(value).__name__}."
                 )
-    from filterstats import __version__
+    from filterstats._version import __version__
 
     streams = _sources(source, kernel_size, models)
     width = math.prod(kernel_size)
@@ -811,7 +811,7 @@ def _meta_frame(
     layer_id: dict[str, int] = {}
     for layer in layers:
         per_model[layer.model] = per_model.get(layer.model, 0) + layer.stop - layer.start
-    from filterstats import __version__
+    from filterstats._version import __version__
 
     index, rows = [], []
     for layer in layers:
@@ -868,15 +868,11 @@ def _sources(
         raise ValueError(f"`models` {unknown} are not in `source`; it has {list(source)[:8]}.")
     result = []
     for label in labels:
-        item = source[label]
-        if isinstance(item, nn.Module):
-            item = extract_filters(item, kernel_size=kernel_size)
-        if not isinstance(item, FilterSet):
-            raise TypeError(
-                f"`source[{label!r}]` must be a FilterSet or an nn.Module, got "
-                f"{type(item).__name__}."
-            )
-        result.append((str(label), _filterset_layers(item.select(kernel_size))))
+        # The one resolver: a module, state dict, path, spec or FilterSet.
+        item = extract_filters(
+            source[label], kernel_size=kernel_size, argument=f"source[{label!r}]"
+        )
+        result.append((str(label), _filterset_layers(item)))
     return result
 
 

@@ -45,9 +45,9 @@ from torch import Tensor, nn
 
 from filterstats import kernels
 from filterstats._warnings import FilterStatsWarning
-from filterstats.extract import extract_filters
 from filterstats.layers import ConvLayer
 from filterstats.metrics import measure
+from filterstats.resolve import extract_filters
 
 __all__ = ["KEYS", "measure_conv_weight_quality", "measure_layer_quality", "measure_quality"]
 
