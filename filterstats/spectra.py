@@ -815,13 +815,15 @@ def _test_input_lower(
     plan = operators[0].plan
     grid_h, grid_w = plan.polyphase_grid
     s_h, s_w = plan.stride
-    u_best, v_best = u.to(taps.device)[best], v.to(taps.device)[best]
+    # One host transfer for the group, none per layer.
+    chosen_cpu = torch.stack([best, result.best_group]).cpu()
+    u_best, v_best, best_group = u[chosen_cpu[0]], v[chosen_cpu[0]], chosen_cpu[1].tolist()
     lowers = []
     for index, operator in enumerate(operators):
         geometry = operator.geometry
         wave = _spectral.phase_matrix(
-            u_best[index : index + 1].cpu(),
-            v_best[index : index + 1].cpu(),
+            u_best[index : index + 1],
+            v_best[index : index + 1],
             (grid_h, grid_w),
             (grid_h, grid_w),
             dtype=right.dtype,
@@ -845,7 +847,7 @@ def _test_input_lower(
             window.append(slice(start, start + geometry.in_size[dim]))
         cut = field[:, window[0], window[1]]
         test = cut.new_zeros(operator.weight.shape[1] * groups, *geometry.in_size)
-        group = int(result.best_group[index])
+        group = int(best_group[index])
         test[group * c_group : (group + 1) * c_group, : cut.shape[1], : cut.shape[2]] = cut
         batch = torch.stack([test.real, test.imag]).to(taps.dtype)
         try:
@@ -944,8 +946,10 @@ def conv_spectra(
             certified to rounding far below ``tol``) or ``torch.float32`` (faster;
             rounding of order ``1e-6`` relative).
         device: Where to compute; default each layer's weight device.
-        max_memory: Work memory per batch in bytes (bounds the transfer matrices and
-            Gram iterates held at once; a single matrix larger than this still runs).
+        max_memory: Work memory in bytes: bounds the transfer matrices and Gram
+            iterates held at once, and the float64 kernels of the layers batched
+            together (each at most this much; one layer or matrix larger than this
+            still runs alone). The peak is about twice this plus the results.
         progress: Show a progress bar over shape groups on stderr (needs tqdm).
 
     Returns:
@@ -1014,11 +1018,10 @@ def conv_spectra(
     groups: dict[tuple[Any, ...], list[_Operator]] = {}
     for operator in operators.values():
         groups.setdefault(_shape_key(operator), []).append(operator)
+    batches = [batch for members in groups.values() for batch in _batches(members, max_memory)]
     results: dict[str, dict[str, float]] = {}
     kept: dict[str, _Spectrum] = {}
-    for members in progress_bar(
-        list(groups.values()), desc="spectra", enabled=progress and len(groups) > 1
-    ):
+    for members in progress_bar(batches, desc="spectra", enabled=progress and len(batches) > 1):
         if singular_values:
             result = _singular_values_of(members, dtype=dtype, max_memory=max_memory)
         else:
@@ -1067,6 +1070,16 @@ def conv_spectra(
         version=__version__,
     )
     return ConvSpectra(rows, params, dict(operators), kept)
+
+
+def _batches(members: list[_Operator], max_memory: int) -> list[list[_Operator]]:
+    """Same-shape layers in runs whose float64 polyphase taps fit in ``max_memory``."""
+    plan, weight = members[0].plan, members[0].weight
+    taps = math.prod(math.ceil(members[0].geometry.kernel[d] * members[0].geometry.dilation[d]
+                               / plan.stride[d]) for d in range(2))  # fmt: skip
+    per_layer = taps * weight.shape[0] * weight.shape[1] * plan.stride[0] * plan.stride[1] * 8
+    size = max(1, max_memory // max(per_layer, 1))
+    return [members[start : start + size] for start in range(0, len(members), size)]
 
 
 def _group_weights(operator: _Operator) -> Tensor:
