@@ -27,6 +27,7 @@ from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality,
 from filterstats.resolve import extract_filters
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
 from filterstats.scanning import ScanSummary, open_filters, open_store, scan
+from filterstats.spectra import ConvSpectra, conv_spectra
 from filterstats.zoo.specs import load_model
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "Comparison",
     "ConvLayer",
+    "ConvSpectra",
     "DepthProfile",
     "FilterReport",
     "FilterSet",
@@ -46,6 +48,7 @@ __all__ = [
     "analyze",
     "assign_depth_bins",
     "compare",
+    "conv_spectra",
     "demo",
     "depth_bin_labels",
     "depth_profile",

@@ -24,7 +24,6 @@ absolute values depend on what is compared: pass ``value_range`` to fix it.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,7 +38,7 @@ from filterstats._tables import RowTable
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
 from filterstats.layers import ConvLayer, FilterSet
-from filterstats.resolve import extract_filters
+from filterstats.resolve import extract_filters, runnable_module
 
 __all__ = [
     "FLOAT32_EPS",
@@ -647,22 +646,7 @@ def first_layer_response(
         )
     if x.ndim not in (3, 4):
         raise ValueError(f"`x` must be (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}.")
-    if isinstance(model, (str, os.PathLike)):
-        from filterstats.zoo.specs import load_model
-
-        loaded = load_model(os.fspath(model))
-        if not isinstance(loaded, nn.Module):
-            raise TypeError(
-                f"`model` {os.fspath(model)!r} holds weights only ({type(loaded).__name__}); "
-                "the first-layer response needs a model that runs: build the architecture and "
-                "load the weights into it."
-            )
-        model = loaded
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"`model` must be an nn.Module (or a spec of one) that can run a forward pass, "
-            f"got {type(model).__name__}."
-        )
+    model = runnable_module(model)
     if layer is None:
         filters = extract_filters(model, kernel_size=None)
         if not len(filters):

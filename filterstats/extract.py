@@ -35,6 +35,7 @@ from filterstats.depth import conv_depth_ranks, graph_depths
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer, layer_name
 
 __all__ = [
+    "conv_modules",
     "filters_from_module",
     "filters_from_state_dict",
     "is_conv",
@@ -338,6 +339,27 @@ def _mark_shared(found: list[ConvLayer | SkippedLayer]) -> list[ConvLayer | Skip
     return result
 
 
+def conv_modules(model: nn.Module) -> tuple[nn.Module, dict[nn.Module, list[str]]]:
+    """The unwrapped network and each of its convolutions with its layer names.
+
+    The names are those every table uses (wrapper segments removed, ``ROOT_NAME``
+    for a model that is itself a convolution), so code that needs the modules
+    themselves (a forward pass, hooks) finds them under the names of the rows.
+
+    Args:
+        model: The module (wrappers are unwrapped as ``filters_from_module`` does).
+
+    Returns:
+        ``(network, {conv module: [its layer names, in registration order]})``.
+    """
+    inner = _unwrap(model)
+    conv_names: dict[nn.Module, list[str]] = {}
+    for raw_name, module in inner.named_modules(remove_duplicate=False):
+        if is_conv(module):
+            conv_names.setdefault(module, []).append(layer_name(strip_wrapper_prefixes(raw_name)))
+    return inner, conv_names
+
+
 def filters_from_module(
     model: nn.Module, *, depth: str = "auto", example_inputs: Any = None
 ) -> FilterSet:
@@ -353,11 +375,7 @@ def filters_from_module(
         The [`FilterSet`][filterstats.FilterSet] of every convolution
         (``kernel_size=None``).
     """
-    inner = _unwrap(model)
-    conv_names: dict[nn.Module, list[str]] = {}
-    for raw_name, module in inner.named_modules(remove_duplicate=False):
-        if is_conv(module):
-            conv_names.setdefault(module, []).append(layer_name(strip_wrapper_prefixes(raw_name)))
+    inner, conv_names = conv_modules(model)
     found: list[ConvLayer | SkippedLayer] = []
     for module, names in conv_names.items():
         item = _read_conv(names[0], module)

@@ -41,7 +41,7 @@ from filterstats.checkpoints import to_state_dict
 from filterstats.extract import filters_from_module, filters_from_state_dict
 from filterstats.layers import FilterSet, KernelSelection, selection_text
 
-__all__ = ["ModelInput", "extract_filters"]
+__all__ = ["ModelInput", "extract_filters", "runnable_module"]
 
 #: What every function that takes a model accepts.
 ModelInput = nn.Module | Mapping[str, Any] | FilterSet | Tensor | str | os.PathLike[str]
@@ -177,3 +177,40 @@ def extract_filters(
             stacklevel=2,
         )
     return result
+
+
+def runnable_module(
+    model: ModelInput, *, argument: str = "model", trust_pickle: bool = False
+) -> nn.Module:
+    """A module that can run a forward pass: the module itself, or what a spec loads.
+
+    For functions that need the architecture, not only the weights (a forward pass
+    for input sizes or responses, re-initialisation): a path or spec string is loaded
+    with ``filterstats.zoo.specs.load_model``; weights-only inputs (state dicts,
+    ``FilterSet``, ONNX files, tensors) are refused with the reason.
+
+    Args:
+        model: A module, or a path / spec string naming one.
+        argument: Name of the argument in error messages.
+        trust_pickle: As in ``extract_filters``.
+
+    Returns:
+        The module (never a copy: callers must not change it).
+
+    Raises:
+        TypeError: ``model`` holds weights only, or is not a model.
+    """
+    held: Any = model
+    what = "got"
+    if isinstance(model, (str, os.PathLike)):
+        from filterstats.zoo.specs import load_model
+
+        held = load_model(os.fspath(model), trust_pickle=trust_pickle)
+        what = f"{os.fspath(model)!r} holds"
+    if isinstance(held, nn.Module):
+        return held
+    raise TypeError(
+        f"`{argument}` must be a model that runs (an nn.Module, or a spec of one such as "
+        f"'demo:robust' or 'timm:resnet18'); {what} weights only ({type(held).__name__}). "
+        "Build the architecture, load the weights into it and pass the module."
+    )
