@@ -8,6 +8,7 @@ sparsity, diversity (variance entropy) and orthogonality of every convolution.
 from __future__ import annotations
 
 from filterstats import demo
+from filterstats._version import __version__
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
 from filterstats.checkpoints import CheckpointError, load_state_dict
@@ -26,8 +27,6 @@ from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality,
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
 from filterstats.scanning import ScanSummary, open_filters, open_store, scan
 from filterstats.zoo.specs import load_model
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "AnalysisParams",

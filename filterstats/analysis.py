@@ -133,7 +133,7 @@ def analyze(
                  reason=s.reason)
         for s in filters.skipped
     ]  # fmt: skip
-    from filterstats import __version__
+    from filterstats._version import __version__
 
     settings = metrics.settings
     params = AnalysisParams(

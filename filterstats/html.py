@@ -197,7 +197,7 @@ def report(
             f"`obj` must be a FilterReport or a Comparison, got {type(obj).__name__}. "
             "Use `filterstats.analyze(model)` or `filterstats.compare(a, b)` first."
         )
-    from filterstats import __version__
+    from filterstats._version import __version__
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (

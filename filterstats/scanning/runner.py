@@ -272,7 +272,7 @@ def scan(
     selected = select_specs(specs, shard=shard, limit=limit)
     engine = make_executor(executor, workers=workers, **(executor_options or {}))
     target = Store(store, create=True)
-    from filterstats import __version__
+    from filterstats._version import __version__
     from filterstats.results import SCHEMA_VERSION
 
     settings = {

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from filterstats._optional import require
 from filterstats.checkpoints import CheckpointError, load_state_dict
+from filterstats.extract import register_effective_weight
 
 __all__ = ["create_model", "register_effective_weights", "standardized_weight"]
 
@@ -80,12 +81,10 @@ def register_effective_weights() -> None:
     require("timm", extra="timm")
     from timm.layers import std_conv
 
-    import filterstats
-
     for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"):
         cls = getattr(std_conv, name, None)
         if cls is not None:
-            filterstats.register_effective_weight(cls, standardized_weight)
+            register_effective_weight(cls, standardized_weight)
 
 
 def create_model(
