@@ -39,7 +39,7 @@ import torch
 from filterstats._optional import require
 from filterstats.layers import ConvLayer
 
-__all__ = ["RAW_DTYPES", "filter_columns", "read_filters_meta", "write_filters"]
+__all__ = ["RAW_DTYPES", "filter_columns", "write_filters"]
 
 #: Value types a raw-filter file can hold.
 RAW_DTYPES: tuple[str, ...] = ("float16", "float32")
@@ -173,22 +173,3 @@ def write_filters(
         if buffer.rows:
             writer.write_table(buffer.table(pa, schema, model), row_group_size=row_group_rows)
     return total
-
-
-def read_filters_meta(schema_metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
-    """The ``filterstats_filters`` entry of a raw-filter file's schema metadata.
-
-    Args:
-        schema_metadata: ``pyarrow.Schema.metadata``.
-
-    Returns:
-        ``{"kernel_size": [...], "dtype": ..., "model": ..., "order": "C"}``.
-
-    Raises:
-        ValueError: The file is not a filterstats raw-filter file.
-    """
-    raw = (schema_metadata or {}).get(_META_KEY)
-    if raw is None:
-        raise ValueError("not a filterstats raw-filter file (no filterstats_filters metadata)")
-    meta: dict[str, Any] = json.loads(raw)
-    return meta
