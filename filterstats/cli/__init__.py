@@ -61,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
-    logging.basicConfig(
-        level=logging.ERROR if quiet else logging.INFO, format="%(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, handlers=[handler])
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         with warnings.catch_warnings():
@@ -82,6 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("filterstats: interrupted\n")
         return 130
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records as the command line prints messages (see ``cli_text``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return cli_text(record.getMessage())
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

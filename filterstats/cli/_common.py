@@ -71,6 +71,30 @@ def kernel_size(text: str) -> tuple[int, ...] | None:
     return parts
 
 
+def eps(text: str) -> float:
+    """Parse ``--eps``: a sparsity threshold in [0, 1), checked before any work.
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The threshold.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a number in [0, 1).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number in [0, 1) (a fraction of each layer's largest |weight|), "
+            f"got {text!r}; the paper uses 0.01"
+        )
+    return value
+
+
 def device(text: str) -> str:
     """Check ``--device``: a torch device that exists here.
 
@@ -120,9 +144,7 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="kernel size to analyse: 3 (=3x3, the paper's), 1x3, or all (default: 3)",
     )
-    parser.add_argument(
-        "--eps", type=float, default=0.01, help="sparsity threshold (default: 0.01)"
-    )
+    parser.add_argument("--eps", type=eps, default=0.01, help="sparsity threshold (default: 0.01)")
     parser.add_argument(
         "--definition",
         choices=("paper", "torchconvquality"),
@@ -482,6 +504,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 #: command line, where the option of the command in use is the fix.
 CLI_HINTS: tuple[tuple[str, str], ...] = (
     ("`trust_pickle=True` (CLI: --trust-pickle)", "--trust-pickle"),
+    ("(trust_pickle=True)", "(--trust-pickle)"),
     ("raw_filters=True (CLI: --raw-filters)", "--raw-filters"),
     (
         " Pass `example_inputs=` for a forward pass.",

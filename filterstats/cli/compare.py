@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
+    if args.labels[0] == args.labels[1]:
+        raise UserError(f"--labels must be two different names, got {' '.join(args.labels)}")
     out = None if args.out is None else OutputDirectory(args.out)
     if out is None and args.format == "parquet":
         raise UserError("--format parquet needs --out DIR")

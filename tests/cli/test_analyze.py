@@ -70,6 +70,8 @@ def test_trust_pickle_is_an_explicit_opt_in(tmp_path):
     trusted = run("analyze", "whole.pt", "--trust-pickle", cwd=tmp_path)
     assert trusted.returncode == 0, trusted.stderr
     assert "FilterReport: whole.pt" in trusted.stdout
+    assert "full pickle (--trust-pickle)" in trusted.stderr  # the log line names the option
+    assert "trust_pickle=True" not in trusted.stderr
 
 
 # ------------------------------------------------- trusted pickles of missing classes
@@ -279,3 +281,14 @@ def test_checkpoint_of_another_timm_model_is_one_short_line(tmp_path, no_network
     line = one_error_line(result.stderr)
     assert "does not fit timm's ResNet" in line and "keys missing from the file" in line
     assert "more" in line and len(line) < 1000  # counts and a few keys, never all of them
+
+
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan", "x"])
+def test_bad_eps_is_a_usage_error_before_any_work(monkeypatch, capsys, value):
+    loaded = _spy_on_loading(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        main(["analyze", "demo:robust", "--eps", value])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --eps: must be a number in [0, 1)" in last
+    assert loaded == []

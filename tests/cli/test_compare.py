@@ -126,3 +126,13 @@ def test_a_failed_run_leaves_the_earlier_output_as_it_was(pair, capsys):
     assert main(["compare", "a.pt", "missing.pt", "--out", "cmp", "-q"]) == 2
     assert {p.name: p.read_bytes() for p in (pair / "cmp").iterdir()} == before
     assert sorted(p.name for p in pair.iterdir()) == ["a.pt", "b.pt", "cmp"]  # no staging left
+
+
+def test_equal_labels_are_refused_before_any_work(pair, capsys, monkeypatch):
+    loaded: list[str] = []
+    monkeypatch.setattr(
+        "filterstats.cli.compare.load_model_arg", lambda spec, **_: loaded.append(spec)
+    )
+    assert main(["compare", "a.pt", "b.pt", "--labels", "x", "x"]) == 2
+    assert "--labels must be two different names" in capsys.readouterr().err
+    assert loaded == []
