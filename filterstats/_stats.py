@@ -8,17 +8,27 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import scipy
-from scipy import stats
-
-# scipy renamed the normal approximation from "approx" to "asymptotic" in 1.13.
-_ASYMPTOTIC = (
-    "asymptotic" if tuple(int(p) for p in scipy.__version__.split(".")[:2]) >= (1, 13) else "approx"
-)
 
 __all__ = ["PairedTest", "bootstrap_mean_ci", "mann_whitney", "paired_wilcoxon"]
+
+
+def _scipy_stats() -> Any:
+    # Imported on first use: scipy.stats takes about a second to import, and
+    # `import filterstats` must stay cheap.
+    from scipy import stats
+
+    return stats
+
+
+def _asymptotic() -> str:
+    import scipy
+
+    # scipy renamed the normal approximation from "approx" to "asymptotic" in 1.13.
+    major_minor = tuple(int(part) for part in scipy.__version__.split(".")[:2])
+    return "asymptotic" if major_minor >= (1, 13) else "approx"
 
 
 @dataclass(frozen=True)
@@ -57,13 +67,14 @@ def paired_wilcoxon(differences: np.ndarray) -> PairedTest:
     nonzero = d[d != 0]
     if nonzero.size == 0:
         return PairedTest(0.0, 1.0, 0.0)
+    stats = _scipy_stats()
     ranks = stats.rankdata(np.abs(nonzero))
     plus = float(ranks[nonzero > 0].sum())
     minus = float(ranks[nonzero < 0].sum())
     ties = np.unique(np.abs(nonzero)).size < nonzero.size
     # Exact null distribution without ties (n <= 50); with ties, the normal approximation
     # with tie correction (scipy's default would run a slow permutation test instead).
-    method = "exact" if not ties and nonzero.size <= 50 else _ASYMPTOTIC
+    method = "exact" if not ties and nonzero.size <= 50 else _asymptotic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on tiny samples
         result = stats.wilcoxon(
@@ -93,7 +104,7 @@ def mann_whitney(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         return math.nan, math.nan
     if np.array_equal(np.sort(x), np.sort(y)):
         return 1.0, 0.0
-    result = stats.mannwhitneyu(x, y, alternative="two-sided")
+    result = _scipy_stats().mannwhitneyu(x, y, alternative="two-sided")
     delta = 2.0 * float(result.statistic) / (x.size * y.size) - 1.0
     return float(result.pvalue), delta
 

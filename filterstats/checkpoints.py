@@ -31,6 +31,7 @@ import os
 import pickle
 import re
 import struct
+import traceback
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -356,6 +357,62 @@ def _check_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
             pass
 
 
+_CANNOT_GET = re.compile(r"Can't get attribute '([^']+)' on <module '([^']+)'")
+
+
+def _pickled_class(error: BaseException) -> str | None:
+    """The class a failed unpickling looked for, or ``None`` if ``error`` is not that.
+
+    ``torch.load(weights_only=False)`` imports each class the pickle names by its
+    module and name; a missing module gives ``ModuleNotFoundError``, a missing name
+    ``AttributeError``, raised from the unpickler's ``find_class``.
+
+    Args:
+        error: The exception ``torch.load`` raised.
+
+    Returns:
+        ``"module.Name"``, or ``None`` when the error did not come from unpickling.
+    """
+    frames = traceback.walk_tb(error.__traceback__)
+    for frame, _ in frames:
+        names = frame.f_locals
+        if frame.f_code.co_name == "find_class" and "mod_name" in names and "name" in names:
+            return f"{names['mod_name']}.{names['name']}"
+    found = _CANNOT_GET.search(str(error))
+    if isinstance(error, AttributeError) and found is not None:
+        return f"{found.group(2)}.{found.group(1)}"
+    return None
+
+
+def _missing_class_message(file: Path, qualified_name: str) -> str:
+    """The one-line error for a trusted pickle whose class cannot be imported.
+
+    Args:
+        file: The checkpoint file.
+        qualified_name: ``"module.Name"`` of the class the pickle names.
+
+    Returns:
+        The message: the class, why it is needed and what to do.
+    """
+    module = qualified_name.rpartition(".")[0]
+    if module == "__main__":
+        where = (
+            "it was defined in the script that saved the file (`__main__`), so no other "
+            "program can import it"
+        )
+    else:
+        where = (
+            f"its defining code must be importable here: install the package that provides "
+            f"{module!r} or add its folder to PYTHONPATH"
+        )
+    return (
+        f"{file} is a pickled object of class {qualified_name}, which cannot be imported: a "
+        f"full pickle stores only the class's import path, and {where}. Better: save "
+        "`model.state_dict()` (or a safetensors file), which loads without "
+        "`trust_pickle=True` (CLI: --trust-pickle)."
+    )
+
+
 def _jit_load(file: Path) -> Any:
     try:
         return torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]
@@ -371,7 +428,13 @@ def _torch_load(file: Path, *, mmap: bool, trust_pickle: bool) -> Any:
     try:
         if trust_pickle:
             logger.warning("loading %s as a full pickle (trust_pickle=True): it can run code", file)
-            return torch.load(file, map_location="cpu", weights_only=False, mmap=mmap)
+            try:
+                return torch.load(file, map_location="cpu", weights_only=False, mmap=mmap)
+            except (AttributeError, ImportError) as error:
+                missing = _pickled_class(error)
+                if missing is None:
+                    raise
+                raise CheckpointError(_missing_class_message(file, missing)) from error
         return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "weights_only" in str(error) or "Weights only load failed" in str(error):
@@ -380,8 +443,7 @@ def _torch_load(file: Path, *, mmap: bool, trust_pickle: bool) -> Any:
                 f"allows only tensors and plain containers. Refused because: "
                 f"{_first_line(error)}. Prefer a checkpoint of `model.state_dict()` or a "
                 "safetensors file. If you trust the file's source, opt in explicitly with "
-                "`trust_pickle=True` (extract_filters, analyze, load_model, scan) or "
-                "--trust-pickle on the command line; it can run arbitrary code."
+                "`trust_pickle=True` (CLI: --trust-pickle); it can run arbitrary code."
                 + (
                     ""
                     if mmap

@@ -24,20 +24,14 @@ from torch import Tensor
 from filterstats import _native
 
 __all__ = [
-    "CACHE_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES",
-    "GRAM_BLOCK_ROWS",
-    "MOMENT_BLOCK_ROWS",
-    "SHIFT_ROWS",
     "KernelPass",
+    "LayerSparsity",
     "Moments",
-    "compute_dtype",
     "entropy_threshold",
     "finite_rows",
-    "ieee_float32_matmul",
     "kernel_maxabs",
     "kernel_moments",
-    "kernel_moments_multi",
     "kernel_pass",
     "layer_maxabs",
     "layer_sparsity",
@@ -45,7 +39,6 @@ __all__ = [
     "offdiag_abs_gram_sum",
     "offdiag_abs_gram_sum_batched",
     "pair_count",
-    "sparse_bound",
     "variance_entropy",
 ]
 
@@ -56,21 +49,21 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: Chunk size of the memory-bound passes (kernel maxima, moments): large enough that
 #: the per-chunk overhead vanishes, small enough to stay far below the weights' size
 #: (measured on 2 cores: the fused pass runs as fast with 1 MiB as with 16 MiB).
-CACHE_CHUNK_BYTES = 4 * 2**20
+_CACHE_CHUNK_BYTES = 4 * 2**20
 
 #: Rows per panel of the upper-triangle Gram product: the work is half a Gram times
-#: ``1 + GRAM_BLOCK_ROWS / n``.
-GRAM_BLOCK_ROWS = 128
+#: ``1 + _GRAM_BLOCK_ROWS / n``.
+_GRAM_BLOCK_ROWS = 128
 
 #: Kernels per block of the moment products of
 #: [`kernel_pass`][filterstats.kernels.kernel_pass]: blocks start at fixed rows of the
 #: layer, so the result does not depend on ``chunk_bytes``; one batched product per
 #: chunk (thin products over blocks this long run faster than one long product).
-MOMENT_BLOCK_ROWS = 1024
+_MOMENT_BLOCK_ROWS = 1024
 
 #: Kernels whose mean is the shift of [`kernel_pass`][filterstats.kernels.kernel_pass]'s
-#: moments (the first ``SHIFT_ROWS`` of the layer, whatever ``chunk_bytes``).
-SHIFT_ROWS = 256
+#: moments (the first ``_SHIFT_ROWS`` of the layer, whatever ``chunk_bytes``).
+_SHIFT_ROWS = 256
 
 #: Eigenvalues of a layer's kernel covariance below this fraction of the kernels'
 #: summed squared norm are treated as zero. Without it, a layer of identical kernels
@@ -94,7 +87,7 @@ def native_pass_available() -> bool:
     return _native.available()
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Floating dtype to compute in: float64 stays, everything else becomes float32.
 
     Args:
@@ -118,16 +111,16 @@ def kernel_maxabs(kernels: Tensor, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) ->
         chunk_bytes: Working memory per chunk; bounds peak memory.
 
     Returns:
-        ``(N,)`` in ``compute_dtype(kernels.dtype)`` (exact: a maximum rounds nothing).
+        ``(N,)`` in ``_compute_dtype(kernels.dtype)`` (exact: a maximum rounds nothing).
         NaN where a kernel holds NaN.
     """
     n_rows, width = kernels.shape
-    dtype = compute_dtype(kernels.dtype)
+    dtype = _compute_dtype(kernels.dtype)
     result = torch.empty(n_rows, dtype=dtype, device=kernels.device)
     if n_rows == 0:
         return result
     itemsize = torch.finfo(dtype).bits // 8
-    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, CACHE_CHUNK_BYTES))
+    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, _CACHE_CHUNK_BYTES))
     buffer = torch.empty(step * width, dtype=dtype, device=kernels.device)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
@@ -176,7 +169,7 @@ def kernel_moments(
     With rows :math:`x_i` (divided by ``scale[i]`` when given) and weights
     :math:`w_i` (1 when not given): :math:`n = \sum w_i`, :math:`s = \sum w_i x_i`,
     :math:`Q = \sum w_i x_i x_i^\top`. The centred scatter matrix is
-    :math:`Q - s s^\top / n`. One variant of [`kernel_moments_multi`][], which see.
+    :math:`Q - s s^\top / n`. One variant of ``_kernel_moments_multi``, which see.
 
     Args:
         kernels: ``(N, K)`` kernels as rows.
@@ -187,11 +180,11 @@ def kernel_moments(
     Returns:
         ``(count (), sum (K,), outer (K, K))``, float64, on ``kernels.device``.
     """
-    (moments,) = kernel_moments_multi(kernels, [(weights, scale)], chunk_bytes=chunk_bytes)
+    (moments,) = _kernel_moments_multi(kernels, [(weights, scale)], chunk_bytes=chunk_bytes)
     return moments.count, moments.total, moments.outer
 
 
-def kernel_moments_multi(
+def _kernel_moments_multi(
     kernels: Tensor,
     variants: Sequence[tuple[Tensor | None, Tensor | None]],
     *,
@@ -232,7 +225,7 @@ def kernel_moments_multi(
     # float64 accumulation: a float32 k*k Gram is off by ~1e-8 relative even in small
     # chunks, which moves the entropy of nearly-degenerate layers far more.
     step = _rows_per_chunk(
-        n_rows, width * 8 * (1 + min(scaled_variants, 1)), min(chunk_bytes, CACHE_CHUNK_BYTES)
+        n_rows, width * 8 * (1 + min(scaled_variants, 1)), min(chunk_bytes, _CACHE_CHUNK_BYTES)
     )
     columns = torch.empty(width, min(step, n_rows), dtype=f64, device=device)
     scaled = torch.empty_like(columns) if scaled_variants else columns
@@ -328,7 +321,7 @@ class KernelPass:
     moments: list[Moments]
 
 
-def sparse_bound(threshold: Tensor, dtype: torch.dtype, *, strict: bool) -> Tensor:
+def _sparse_bound(threshold: Tensor, dtype: torch.dtype, *, strict: bool) -> Tensor:
     """A bound in ``dtype`` that compares like the float64 ``threshold`` does.
 
     For values ``v`` of ``dtype``: ``v < threshold`` (strict) holds exactly when
@@ -371,10 +364,10 @@ def _sparsity_only(
     """The sparsity count alone: per-kernel maxima in the compute dtype (no float64)."""
     n_rows, width = kernels.shape
     device = kernels.device
-    dtype = compute_dtype(kernels.dtype)
+    dtype = _compute_dtype(kernels.dtype)
     itemsize = torch.finfo(dtype).bits // 8
-    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, CACHE_CHUNK_BYTES))
-    bound = sparse_bound(threshold, dtype, strict=strict)
+    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, _CACHE_CHUNK_BYTES))
+    bound = _sparse_bound(threshold, dtype, strict=strict)
     buffer = torch.empty(step, width, dtype=dtype, device=device)
     n_sparse = torch.zeros((), dtype=torch.float64, device=device)
     n_valid = torch.zeros((), dtype=torch.float64, device=device)
@@ -405,15 +398,15 @@ def _add_moments(count: Tensor, total: Tensor, outer: Tensor, columns: Tensor) -
     where ``k`` is), so one product :math:`\sum_i a_i a_i^\top` of the augmented
     columns :math:`a_i = (y_i, k_i)` yields ``outer`` (:math:`\sum y y^\top`),
     ``total`` (:math:`\sum k y = \sum y`) and ``count`` (:math:`\sum k^2 = \sum k`)
-    at once. Products run over fixed blocks of ``MOMENT_BLOCK_ROWS`` kernels (chunks
+    at once. Products run over fixed blocks of ``_MOMENT_BLOCK_ROWS`` kernels (chunks
     start at multiples of it), so the summation does not depend on the chunk size.
     """
     width = columns.shape[0] - 1
     n_rows = columns.shape[1]
-    full = n_rows // MOMENT_BLOCK_ROWS * MOMENT_BLOCK_ROWS
+    full = n_rows // _MOMENT_BLOCK_ROWS * _MOMENT_BLOCK_ROWS
     products = torch.zeros(width + 1, width + 1, dtype=columns.dtype, device=columns.device)
     if full:
-        blocks = columns[:, :full].view(width + 1, -1, MOMENT_BLOCK_ROWS).transpose(0, 1)
+        blocks = columns[:, :full].view(width + 1, -1, _MOMENT_BLOCK_ROWS).transpose(0, 1)
         products += torch.bmm(blocks, blocks.transpose(1, 2)).sum(dim=0)
     if full < n_rows:
         tail = columns[:, full:]
@@ -463,10 +456,10 @@ def kernel_pass(
     row weight :math:`w_i` (``1 / max|f_i|`` or 1, times the 0/1 kept mask
     :math:`k_i`) and at most two passes over the chunk: :math:`y_i = w_i x_i - k_i c`
     into a second buffer (the raw variant shifts the buffer itself, last), where the
-    shift :math:`c` is the variant's mean over the layer's first ``SHIFT_ROWS``
+    shift :math:`c` is the variant's mean over the layer's first ``_SHIFT_ROWS``
     kernels: it avoids cancellation when the mean is large against the spread, and
     identical kernels give exactly zero. One batched float64 product of the columns
-    :math:`(y_i, k_i)` over fixed blocks of ``MOMENT_BLOCK_ROWS`` kernels then adds
+    :math:`(y_i, k_i)` over fixed blocks of ``_MOMENT_BLOCK_ROWS`` kernels then adds
     the outer products, the sum and the count at once. (float32 products, summed in
     float32, would leave spurious eigenvalues near 1e-7 of the largest, which moves
     the entropy of rank-deficient layers by up to 4e-6.)
@@ -490,7 +483,7 @@ def kernel_pass(
         strict=strict,
         all_sparse=all_sparse,
         variants=variants,
-        shift_rows=SHIFT_ROWS,
+        shift_rows=_SHIFT_ROWS,
         omit_nonfinite=omit_nonfinite,
     )
     if native is not None:
@@ -510,11 +503,11 @@ def kernel_pass(
     weighted = any(scale or drop_sparse for scale, drop_sparse in variants)
     # Per chunk: the float64 transposed rows, and the weighted rows of one variant.
     step = _rows_per_chunk(
-        n_rows, (width + 1) * 8 * (1 + weighted), min(chunk_bytes, CACHE_CHUNK_BYTES)
+        n_rows, (width + 1) * 8 * (1 + weighted), min(chunk_bytes, _CACHE_CHUNK_BYTES)
     )
-    step = min(max(MOMENT_BLOCK_ROWS, step // MOMENT_BLOCK_ROWS * MOMENT_BLOCK_ROWS), n_rows)
+    step = min(max(_MOMENT_BLOCK_ROWS, step // _MOMENT_BLOCK_ROWS * _MOMENT_BLOCK_ROWS), n_rows)
     # Each buffer has one more row for the kernels' 0/1 weights (see _add_moments).
-    columns = torch.empty(width + 1, max(step, min(SHIFT_ROWS, n_rows)), dtype=f64, device=device)
+    columns = torch.empty(width + 1, max(step, min(_SHIFT_ROWS, n_rows)), dtype=f64, device=device)
     scratch = torch.empty_like(columns) if weighted else columns
     threshold = threshold.to(f64)
 
@@ -554,8 +547,8 @@ def kernel_pass(
             weights.append((keep, factor))
         return sparse, valid, weights
 
-    # Shifts: the mean of the first SHIFT_ROWS counted kernels per variant.
-    first = min(SHIFT_ROWS, n_rows)
+    # Shifts: the mean of the first _SHIFT_ROWS counted kernels per variant.
+    first = min(_SHIFT_ROWS, n_rows)
     shifts = [torch.zeros(width, dtype=f64, device=device) for _ in variants]
     if first:
         _, _, weights = prepare(columns[:width, :first], kernels[:first])
@@ -672,9 +665,9 @@ def layer_maxabs(
         top = torch.maximum(-low, high).to(f64)
         return top, torch.isfinite(top)
     n_rows, width = kernels.shape
-    dtype = compute_dtype(kernels.dtype)
+    dtype = _compute_dtype(kernels.dtype)
     itemsize = torch.finfo(dtype).bits // 8
-    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, CACHE_CHUNK_BYTES))
+    step = _rows_per_chunk(n_rows, width * itemsize, min(chunk_bytes, _CACHE_CHUNK_BYTES))
     buffer = torch.empty(step, width, dtype=dtype, device=device)
     top = torch.zeros((), dtype=dtype, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -701,7 +694,7 @@ def finite_rows(rows: Tensor, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tens
     """
     n_rows, width = rows.shape
     result = torch.empty(n_rows, dtype=torch.bool, device=rows.device)
-    step = _rows_per_chunk(n_rows, width, min(chunk_bytes, CACHE_CHUNK_BYTES))
+    step = _rows_per_chunk(n_rows, width, min(chunk_bytes, _CACHE_CHUNK_BYTES))
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         result[start:stop] = torch.isfinite(rows[start:stop]).all(dim=1)
@@ -727,7 +720,7 @@ def entropy_threshold(n_kernels: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def ieee_float32_matmul(device: torch.device) -> Iterator[None]:
+def _ieee_float32_matmul(device: torch.device) -> Iterator[None]:
     """Full-precision float32 matrix products on CUDA for the duration, then as before.
 
     TensorFloat-32 (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the
@@ -777,7 +770,7 @@ def offdiag_abs_gram_sum(
     *,
     row_mask: Tensor | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    block_rows: int = GRAM_BLOCK_ROWS,
+    block_rows: int = _GRAM_BLOCK_ROWS,
 ) -> Tensor:
     r"""Sum of :math:`|\hat W \hat W^\top|` off the diagonal, :math:`\hat W` = unit rows.
 
@@ -799,14 +792,14 @@ def offdiag_abs_gram_sum(
     Returns:
         0-d float64 tensor: :math:`\sum_{i \ne j} |\hat w_i \cdot \hat w_j|`.
     """
-    dtype = compute_dtype(filters.dtype)
+    dtype = _compute_dtype(filters.dtype)
     rows = filters if filters.dtype == dtype else filters.to(dtype)
     if row_mask is not None:
         # Excluded rows may hold NaN, which a product would spread: zero them (a copy of
         # this one layer, only under this policy).
         rows = torch.where(row_mask[:, None], rows, 0.0)
     inverse = _inverse_norms(rows, row_mask)
-    with ieee_float32_matmul(filters.device):
+    with _ieee_float32_matmul(filters.device):
         return _panel_sums(rows, inverse, max(block_rows, 1), chunk_bytes)
 
 
@@ -849,12 +842,12 @@ def offdiag_abs_gram_sum_batched(filters: Tensor, *, row_mask: Tensor | None = N
     Returns:
         ``(B,)`` float64 sums of :math:`|\hat w_i \cdot \hat w_j|` over :math:`i \ne j`.
     """
-    dtype = compute_dtype(filters.dtype)
+    dtype = _compute_dtype(filters.dtype)
     rows = filters if filters.dtype == dtype else filters.to(dtype)
     if row_mask is not None:
         rows = torch.where(row_mask[:, :, None], rows, 0.0)
     inverse = _inverse_norms(rows, row_mask)
-    with ieee_float32_matmul(filters.device):
+    with _ieee_float32_matmul(filters.device):
         gram = torch.bmm(rows, rows.transpose(1, 2)).to(torch.float64)
     gram *= inverse[:, :, None]
     gram *= inverse[:, None, :]

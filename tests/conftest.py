@@ -1,14 +1,70 @@
 from __future__ import annotations
 
+import difflib
 import hashlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/*.out with the output of this run instead of comparing",
+    )
+
+
+class Golden:
+    """Printed output compared exactly with ``tests/golden/NAME.out``.
+
+    A change of format is a visible diff in review. Regenerate after an intended change
+    with ``pytest --update-golden`` (then read the diff before committing it).
+    """
+
+    def __init__(self, update: bool, directory: Path = GOLDEN_DIR) -> None:
+        self.update = update
+        self.directory = directory
+
+    def check(self, name: str, text: str) -> None:
+        """Compare ``text`` with the golden file ``NAME.out`` (or rewrite it)."""
+        path = self.directory / f"{name}.out"
+        if self.update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        if not path.is_file():
+            pytest.fail(f"no golden file {path}; create it with pytest --update-golden")
+        expected = path.read_text(encoding="utf-8")
+        if text != expected:
+            diff = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    fromfile=f"golden/{name}.out",
+                    tofile="this run",
+                )
+            )
+            pytest.fail(
+                f"output differs from golden/{name}.out (regenerate with pytest "
+                f"--update-golden if the change is intended):\n{diff}",
+                pytrace=False,
+            )
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Golden:
+    """Compare printed output with ``tests/golden/*.out`` (see ``Golden``)."""
+    return Golden(bool(request.config.getoption("--update-golden")))
 
 
 @pytest.fixture(params=DEVICES)

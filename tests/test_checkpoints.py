@@ -1,4 +1,6 @@
 import os
+import sys
+import types
 import zipfile
 
 import pytest
@@ -6,7 +8,13 @@ import torch
 from torch import nn
 
 import filterstats
-from filterstats.checkpoints import CheckpointError, load_state_dict, to_state_dict
+import filterstats as fs
+from filterstats.checkpoints import (
+    CheckpointError,
+    _pickled_class,
+    load_state_dict,
+    to_state_dict,
+)
 
 
 def small_state():
@@ -166,3 +174,65 @@ def test_safetensors_round_trip_and_truncation(tmp_path):
     path.write_bytes(data[: len(data) - 40])
     with pytest.raises(CheckpointError):
         load_state_dict(path)
+
+
+# ------------------------------------------------- pickled classes that are gone
+
+
+def test_pickled_class_names_the_class_torch_could_not_import(tmp_path, monkeypatch):
+    module = types.ModuleType("vanished_models")
+    exec(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 1, 3)\n",
+        module.__dict__,
+    )
+    module.Net.__module__ = "vanished_models"
+    monkeypatch.setitem(sys.modules, "vanished_models", module)
+    torch.save(module.Net(), tmp_path / "net.pt")
+    monkeypatch.delitem(sys.modules, "vanished_models")
+    with pytest.raises(ModuleNotFoundError) as missing_module:
+        torch.load(tmp_path / "net.pt", weights_only=False)
+    assert _pickled_class(missing_module.value) == "vanished_models.Net"
+    monkeypatch.setitem(sys.modules, "vanished_models", types.ModuleType("vanished_models"))
+    with pytest.raises(AttributeError) as missing_name:
+        torch.load(tmp_path / "net.pt", weights_only=False)
+    assert _pickled_class(missing_name.value) == "vanished_models.Net"
+
+
+def test_other_import_errors_are_not_pickled_classes():
+    with pytest.raises(ModuleNotFoundError) as caught:
+        import filterstats_no_such_module  # noqa: F401
+    assert _pickled_class(caught.value) is None
+    assert _pickled_class(AttributeError("'NoneType' object has no attribute 'x'")) is None
+
+
+def test_a_trusted_pickle_of_a_missing_class_is_one_clear_error(tmp_path, monkeypatch):
+    module = types.ModuleType("vanished_models2")
+    exec(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 1, 3)\n",
+        module.__dict__,
+    )
+    module.Net.__module__ = "vanished_models2"
+    monkeypatch.setitem(sys.modules, "vanished_models2", module)
+    torch.save(module.Net(), tmp_path / "net.pt")
+    monkeypatch.delitem(sys.modules, "vanished_models2")
+    with pytest.raises(CheckpointError, match=r"class vanished_models2\.Net.*importable"):
+        fs.analyze(tmp_path / "net.pt", trust_pickle=True)
+
+
+def test_an_attribute_error_of_a_bug_is_not_taken_for_a_missing_class(tmp_path, monkeypatch):
+    torch.save({"w": torch.ones(1)}, tmp_path / "x.pt")
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'weight'")
+
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(AttributeError, match="NoneType"):
+        fs.checkpoints.read_checkpoint(tmp_path / "x.pt", trust_pickle=True)

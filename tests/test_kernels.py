@@ -69,7 +69,7 @@ def test_moment_variants_in_one_pass_equal_separate_passes(device, chunk_bytes):
     scale = torch.where(kernel_max > 0, kernel_max, 1.0)
     mask = kernel_max > 0.01 * kernel_max.max()
     variants = [(mask, scale), (None, None), (mask, None)]
-    together = kernels.kernel_moments_multi(rows, variants, chunk_bytes=chunk_bytes)
+    together = kernels._kernel_moments_multi(rows, variants, chunk_bytes=chunk_bytes)
     for (weights, row_scale), moments in zip(variants, together):
         kept = rows if weights is None else rows[weights]
         if row_scale is not None:
@@ -244,13 +244,50 @@ def test_ieee_float32_matmul_restores_the_users_setting():
     previous = matmul.fp32_precision
     try:
         matmul.fp32_precision = "tf32"
-        with kernels.ieee_float32_matmul(torch.device("cuda")):
+        with kernels._ieee_float32_matmul(torch.device("cuda")):
             assert matmul.fp32_precision == "ieee"
         assert matmul.fp32_precision == "tf32"
-        with pytest.raises(RuntimeError), kernels.ieee_float32_matmul(torch.device("cuda")):
+        with pytest.raises(RuntimeError), kernels._ieee_float32_matmul(torch.device("cuda")):
             raise RuntimeError("restored on errors too")
         assert matmul.fp32_precision == "tf32"
-        with kernels.ieee_float32_matmul(torch.device("cpu")):
+        with kernels._ieee_float32_matmul(torch.device("cpu")):
             assert matmul.fp32_precision == "tf32"  # other devices: untouched
     finally:
         matmul.fp32_precision = previous
+
+
+def test_public_surface_is_what_other_modules_use():
+    """``kernels.__all__`` holds the names other modules use (and the types they get back)."""
+    import inspect
+    import re
+    import typing
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    users = [
+        p
+        for folder in ("filterstats", "benchmarks")
+        for p in (root / folder).rglob("*.py")
+        if p.name != "kernels.py"
+    ]
+    used = set()
+    for path in users:
+        text = path.read_text(encoding="utf-8")
+        used |= set(re.findall(r"\bkernels\.([A-Za-z_]\w*)", text))
+        for names in re.findall(r"from filterstats\.kernels import \(?([\w\s,]+)\)?", text):
+            used |= {name.strip() for name in names.split(",") if name.strip()}
+    returned = set()
+    for name in kernels.__all__:
+        obj = getattr(kernels, name)
+        if inspect.isfunction(obj):
+            hint = typing.get_type_hints(obj).get("return")
+            returned |= {getattr(t, "__name__", "") for t in (hint, *typing.get_args(hint))}
+    public = {  # defined here, not imported (torch, Tensor, ...)
+        name
+        for name, obj in vars(kernels).items()
+        if not name.startswith("_")
+        and getattr(obj, "__module__", "filterstats.kernels") == "filterstats.kernels"
+        and not inspect.ismodule(obj)
+    }
+    used_here = {name for name in used if name in public or name.startswith("_")}
+    assert set(kernels.__all__) == (used_here & public) | (returned & public)

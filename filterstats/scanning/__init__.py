@@ -11,7 +11,8 @@ frame = fs.open_store("results/")  # one row per conv layer of every model
 
 Modules: ``runner`` (``scan``), ``store`` (the folder layout and its crash
 guarantees), ``keys`` (when a stored model is still valid), ``worker`` (one
-model), ``executors`` (local, Slurm, Ray), ``raw`` (raw-kernel files), ``cli``.
+model), ``executors`` (local, Slurm, Ray), ``raw`` (raw-kernel files). The command
+line (``filterstats scan``) lives in ``filterstats.cli.scan``.
 """
 
 from __future__ import annotations

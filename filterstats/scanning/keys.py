@@ -30,8 +30,6 @@ __all__ = ["FINGERPRINTS", "fingerprint", "model_key", "spec_files"]
 #: Ways to fingerprint a weights file.
 FINGERPRINTS: tuple[str, ...] = ("stat", "sha256")
 
-_STATE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx")
-
 
 def spec_files(spec: str) -> list[Path]:
     """Local files whose content a spec depends on.

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from filterstats._warnings import FilterStatsWarning
 from filterstats.checkpoints import CheckpointError, read_checkpoint, to_state_dict
+from filterstats.zoo._mismatch import describe_mismatch
 
 __all__ = [
     "SNAPSHOT_FILE",
@@ -310,30 +311,27 @@ def load_model(
 def _load_into(model: nn.Module, path: Path, *, trust_pickle: bool) -> None:
     state = to_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), source=str(path))
     state = _match_keys(state, model)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        # torch reports only the shape mismatches here: list the key differences too.
-        expected = model.state_dict()
-        missing = [key for key in expected if key not in state]
-        unexpected = [key for key in state if key not in expected]
-        raise CheckpointError(
-            f"{path} does not fit the architecture RobustBench builds: {error}"
-            + (f" Missing keys: {missing[:10]}." if missing else "")
-            + (f" Unexpected keys: {unexpected[:10]}." if unexpected else "")
-        ) from error
+    expected = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
-    fatal = [
-        key
-        for key in result.missing_keys
-        if key not in buffers or key.rsplit(".", 1)[-1] not in _OPTIONAL_BUFFERS
-    ]
-    if fatal:
+
+    def optional(key: str) -> bool:  # normalisation buffers RobustBench lets a file lack
+        return key in buffers and key.rsplit(".", 1)[-1] in _OPTIONAL_BUFFERS
+
+    # Keys the architecture does not use are no mismatch (they are ignored with a
+    # warning below), but once the file does not fit they help to see why.
+    if describe_mismatch(expected, state, may_be_missing=optional, ignore_unexpected=True):
         raise CheckpointError(
-            f"{path} does not fit the architecture: {len(fatal)} of its weights are missing, "
-            f"e.g. {fatal[:5]}; the file holds keys such as {list(state)[:5]}. Check that the "
+            f"{path} does not fit the architecture RobustBench builds: "
+            f"{describe_mismatch(expected, state, may_be_missing=optional)}. Check that the "
             "file belongs to this model name, dataset and threat model."
         )
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # keys and shapes fit; e.g. a value torch cannot copy
+        first = str(error).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{path} does not fit the architecture RobustBench builds: {first}"
+        ) from error
     if result.unexpected_keys:
         logger.warning(
             "%s: ignored %d keys the architecture does not use, e.g. %s",

@@ -20,6 +20,7 @@ and is not a convolution module for filterstats.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
@@ -32,6 +33,8 @@ from torch import Tensor, nn
 
 from filterstats._optional import require
 from filterstats.checkpoints import CheckpointError, load_state_dict
+from filterstats.extract import register_effective_weight
+from filterstats.zoo._mismatch import describe_mismatch
 
 __all__ = ["create_model", "register_effective_weights", "standardized_weight"]
 
@@ -80,12 +83,10 @@ def register_effective_weights() -> None:
     require("timm", extra="timm")
     from timm.layers import std_conv
 
-    import filterstats
-
     for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"):
         cls = getattr(std_conv, name, None)
         if cls is not None:
-            filterstats.register_effective_weight(cls, standardized_weight)
+            register_effective_weight(cls, standardized_weight)
 
 
 def create_model(
@@ -127,6 +128,7 @@ def create_model(
     Raises:
         CheckpointError: The checkpoint is missing, unreadable or does not fit,
             or ``pretrained=True`` found no cached weights and downloads are off.
+        ValueError: timm knows no model ``name`` (close names are suggested).
         ModuleNotFoundError: timm is not installed.
 
     Examples:
@@ -135,6 +137,7 @@ def create_model(
     """
     timm = require("timm", extra="timm")
     register_effective_weights()
+    _check_name(timm, name)
     model: nn.Module
     if pretrained and checkpoint is None and allow_download:
         model = timm.create_model(name, pretrained=True, **kwargs)
@@ -151,9 +154,40 @@ def create_model(
     return model.eval()
 
 
+def _check_name(timm: Any, name: str) -> None:
+    """Refuse a name timm does not know, with the close ones, before building anything."""
+    if ":" in name:
+        return  # another source ("hf-hub:ORG/NAME", "local-dir:PATH"): timm resolves it
+    architecture = name.split(".", 1)[0]  # timm splits a pretrained tag off at the first dot
+    if timm.is_model(architecture):
+        return
+    raise ValueError(unknown_model_message(name, timm.list_models(), str(timm.__version__)))
+
+
+def unknown_model_message(name: str, known: list[str], version: str) -> str:
+    """The one-line error for a model name timm does not know.
+
+    Args:
+        name: The name asked for, possibly with a pretrained tag (``"resnet50.a1_in1k"``).
+        known: The architectures timm knows (``timm.list_models()``).
+        version: timm's version, which decides what it knows.
+
+    Returns:
+        The message, with up to five close names.
+    """
+    architecture = name.split(".", 1)[0]
+    close = difflib.get_close_matches(architecture, known, n=5, cutoff=0.6)
+    suggestion = f"did you mean {', '.join(close)}? " if close else ""
+    return (
+        f"timm {version} has no model {architecture!r}; {suggestion}timm.list_models() lists "
+        f"its {len(known)} architectures (with wildcards: timm.list_models('*resnet*'))."
+    )
+
+
 def _load_into(model: nn.Module, path: Path, *, trust_pickle: bool) -> None:
     state = load_state_dict(path, trust_pickle=trust_pickle)
-    expected = set(model.state_dict())
+    expected_state = model.state_dict()
+    expected = set(expected_state)
     if set(state) != expected:
         # Checkpoints of the original implementations use other names; timm converts
         # them with the model family's `checkpoint_filter_fn`, as its own loader does.
@@ -163,12 +197,19 @@ def _load_into(model: nn.Module, path: Path, *, trust_pickle: bool) -> None:
                 state = convert(state, model)
             except Exception as error:  # a filter for another layout: keep the original keys
                 logger.debug("checkpoint_filter_fn of %s failed: %s", type(model).__name__, error)
+    # Counts and the first few keys: torch's own error lists every key, kilobytes of them.
+    problem = describe_mismatch(expected_state, state)
+    if problem:
+        raise CheckpointError(
+            f"{path} does not fit timm's {type(model).__name__}: {problem}. Check the model "
+            "name (and its num_classes) against the checkpoint."
+        )
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
+    except RuntimeError as error:  # keys and shapes fit; e.g. a value torch cannot copy
+        first = str(error).strip().splitlines()[-1].strip()
         raise CheckpointError(
-            f"{path} does not fit timm's {type(model).__name__}: {error}. Check the model name "
-            "(and its num_classes) against the checkpoint."
+            f"{path} does not fit timm's {type(model).__name__}: {first}"
         ) from error
 
 

@@ -132,11 +132,12 @@ def test_output_into_a_missing_directory_is_one_line_and_leaves_nothing(tmp_path
     assert listing(tmp_path) == before
 
 
-def test_model_without_convs_is_a_warning_and_an_empty_table(tmp_path):
+def test_model_without_convs_is_an_empty_table_and_not_a_success(tmp_path):
     torch.save(torch.nn.Sequential(torch.nn.Linear(3, 4)).state_dict(), tmp_path / "mlp.pt")
     result = run_cli("analyze", "mlp.pt", "--format", "csv", "--out", "mlp.csv", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     assert "filterstats: warning: no convolution" in result.stderr
+    assert "filterstats: error: no layer of mlp.pt was measured" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.csv", "mlp.pt"]
 

@@ -195,8 +195,11 @@ def test_bad_files_are_named(tmp_path):
 def test_wrong_checkpoint_does_not_fit(tmp_path):
     other = rb.build_model("Andriushchenko2020Understanding")  # PreActResNet-18
     _save(other.state_dict(), tmp_path / "cifar10" / "Linf" / "Ding2020MMA.pt")
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="does not fit") as caught:
         rb.load_model("Ding2020MMA", "cifar10", "Linf", tmp_path)
+    message = str(caught.value)  # counts and the first few keys, never the whole list
+    assert "keys missing from the file (" in message and "more)" in message
+    assert "\n" not in message and len(message) < 1000
 
 
 class _Payload:

@@ -147,8 +147,16 @@ def test_timm_spec_with_file(tmp_path):
 def test_checkpoint_that_does_not_fit(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), path)
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="does not fit") as caught:
         zoo_timm.create_model("resnet34", checkpoint=path)
+    message = str(caught.value)  # counts and the first few keys, never the whole list
+    assert "keys missing from the file (" in message and "more)" in message
+    assert "\n" not in message and len(message) < 1000
+
+
+def test_unknown_model_name_suggests_close_ones():
+    with pytest.raises(ValueError, match="has no model 'resnet19'; did you mean resnet18"):
+        zoo_timm.create_model("resnet19")
 
 
 def test_pretrained_from_a_local_hub_cache(tmp_path):

@@ -1,19 +1,20 @@
+"""``filterstats scan``: exit codes, options, errors, ``--trust-pickle``."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
+from filterstats.cli import build_parser, main
 from filterstats.scanning import Store, open_store
-from filterstats.scanning.cli import main
+from tests.cli.helpers import ROOT
 from tests.scan_helpers import direct_frame, write_checkpoints
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def specs_file(tmp_path, specs):
@@ -104,13 +105,29 @@ def test_cli_runs_as_filterstats_scan(tmp_path):
 
 def test_cli_kernel_size_means_what_it_means_for_analyze():
     """``--kernel-size 3`` is 3x3 for scan as for analyze (it once parsed as (3,))."""
-    import argparse
-
-    from filterstats.scanning import cli as scan_cli
-
-    parser = argparse.ArgumentParser()
-    scan_cli.add_parser(parser.add_subparsers())
+    parser = build_parser()
     base = ["scan", "specs.txt", "--store", "s"]
     assert parser.parse_args([*base, "--kernel-size", "3"]).kernel_size == (3, 3)
     assert parser.parse_args([*base, "--kernel-size", "1x3"]).kernel_size == (1, 3)
     assert parser.parse_args([*base, "--kernel-size", "all"]).kernel_size is None
+
+
+def test_cli_store_that_is_a_file_is_refused(tmp_path, capsys):
+    path = specs_file(tmp_path, ["a.pt"])
+    (tmp_path / "s").write_text("not a store")
+    assert main(["scan", str(path), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--store" in err[0] and "is a file" in err[0], err
+
+
+def test_cli_trust_pickle_reaches_the_scan_and_its_hint_is_true(tmp_path, capsys):
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), tmp_path / "whole.pt")
+    path = specs_file(tmp_path, [str(tmp_path / "whole.pt")])
+    args = ["scan", str(path), "--workers", "1", "--no-progress"]
+    assert main([*args, "--store", str(tmp_path / "refused")]) == 1
+    failed = next(line for line in capsys.readouterr().err.splitlines() if "FAILED" in line)
+    assert "--trust-pickle" in failed and "trust_pickle=True" not in failed
+    assert main([*args, "--store", str(tmp_path / "trusted"), "--trust-pickle"]) == 0
+    frame = open_store(tmp_path / "trusted")
+    assert list(frame["layer"]) == ["0"]

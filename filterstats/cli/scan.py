@@ -1,40 +1,52 @@
-"""``filterstats scan SPECS.txt --store DIR``: the command line of ``filterstats.scanning``.
+"""``filterstats scan SPECS --store DIR``: many models into a resumable store.
 
-``add_parser(subparsers)`` adds the ``scan`` sub-command to the main parser and
-``run(args)`` executes it. Exit codes: 0 when every selected model is in the
-store, 1 when any failed, 2 for a usage error (one line on stderr). Progress
-and one line per model go to stderr; stdout stays empty.
+Exit codes: 0 when every selected model is in the store, 1 when any failed, 2 for a
+usage error (one line on stderr). Progress and one line per model go to stderr;
+stdout stays empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from filterstats.cli import add_metric_options
+from filterstats.cli._common import (
+    UserError,
+    add_metric_options,
+    add_trust_pickle_option,
+    cli_text,
+)
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "run"]
+
+HELP = "analyse many models into a resumable store"
+
+EXAMPLES = """examples:
+  filterstats scan specs.txt --store results/ --workers 2
+  filterstats scan specs.txt --store /shared/results --executor slurm --slurm-partition gpu"""
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``scan`` sub-command.
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``scan`` command.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers()`` returned.
+        commands: What ``ArgumentParser.add_subparsers()`` returned.
 
     Returns:
-        The ``scan`` parser (its ``func`` default is [`run`][filterstats.scanning.cli.run]).
+        The command's parser.
     """
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = commands.add_parser(
         "scan",
-        help="analyse many models into a resumable store",
+        help=HELP,
         description=(
             "Analyse every model spec listed in SPECS (one per line, # comments) into the "
             "store folder DIR, one Parquet file per model. Re-running skips complete models "
             "and retries failed ones. Read the result with filterstats.open_store(DIR)."
         ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("specs", metavar="SPECS", help="text file with one model spec per line")
     parser.add_argument("--store", required=True, metavar="DIR", help="store folder")
@@ -64,6 +76,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--raw-dtype", choices=("float16", "float32"), default="float16")
     add_metric_options(parser)  # the same --kernel-size, --eps, --definition as analyze
+    add_trust_pickle_option(parser)
     parser.add_argument(
         "--fingerprint",
         choices=("stat", "sha256"),
@@ -105,7 +118,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar, no per-model lines (the summary line stays)",
     )
-    parser.set_defaults(func=run, run=run)
+    parser.set_defaults(run=run)
     return parser
 
 
@@ -121,8 +134,6 @@ def _say(line: str) -> None:
 
 def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.executor == "slurm":
-        from pathlib import Path
-
         return {
             "folder": args.slurm_folder or str(Path(args.store) / "slurm-logs"),
             "cluster": args.slurm_cluster,
@@ -142,12 +153,17 @@ def run(args: argparse.Namespace) -> int:
     """Run ``filterstats scan``.
 
     Args:
-        args: Parsed arguments of the ``scan`` parser.
+        args: The parsed arguments.
 
     Returns:
-        0 when every selected model is in the store, 1 when any failed, 2 for a
-        usage error.
+        0 when every selected model is in the store, 1 when any failed.
+
+    Raises:
+        UserError: The specs file cannot be read, or ``--store`` is a file.
     """
+    store = Path(args.store)
+    if store.exists() and not store.is_dir():
+        raise UserError(f"--store {store} is a file; give a folder (created if missing)")
     from filterstats.scanning.runner import ModelOutcome, read_specs, scan
 
     def report(outcome: ModelOutcome) -> None:
@@ -156,60 +172,34 @@ def run(args: argparse.Namespace) -> int:
         if outcome.status == "ok":
             _say(f"ok      {outcome.spec} ({outcome.seconds:.1f} s)")
         else:
-            _say(f"FAILED  {outcome.spec}: {outcome.error}")
+            _say(f"FAILED  {outcome.spec}: {cli_text(outcome.error)}")
 
     try:
         specs = read_specs(args.specs)
     except OSError as error:
-        print(
-            f"filterstats scan: error: cannot read SPECS {args.specs!r}: {error.strerror}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        summary = scan(
-            specs,
-            args.store,
-            executor=args.executor,
-            workers=args.workers,
-            limit=args.limit,
-            shard=args.shard,
-            raw_filters=args.raw_filters,
-            raw_dtype=args.raw_dtype,
-            kernel_size=args.kernel_size,
-            eps=args.eps,
-            definition=args.definition,
-            fingerprint_method=args.fingerprint,
-            executor_options=_executor_options(args),
-            callback=report,
-            progress=not (args.no_progress or args.quiet),
-        )
-    except (ValueError, TypeError, OSError, ModuleNotFoundError) as error:
-        print(f"filterstats scan: error: {error}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot read SPECS {args.specs!r}: {error.strerror}") from error
+    summary = scan(
+        specs,
+        args.store,
+        executor=args.executor,
+        workers=args.workers,
+        limit=args.limit,
+        shard=args.shard,
+        raw_filters=args.raw_filters,
+        raw_dtype=args.raw_dtype,
+        # Each worker resolves the spec with the library's one resolver, as analyze does.
+        trust_pickle=args.trust_pickle,
+        kernel_size=args.kernel_size,
+        eps=args.eps,
+        definition=args.definition,
+        fingerprint_method=args.fingerprint,
+        executor_options=_executor_options(args),
+        callback=report,
+        progress=not (args.no_progress or args.quiet),
+    )
     print(
         f"{len(summary.succeeded)} scanned, {len(summary.skipped)} already in the store, "
         f"{len(summary.failed)} failed; store: {summary.store}",
         file=sys.stderr,
     )
     return 0 if summary.ok else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``scan`` as a stand-alone command (``python -m filterstats.scanning.cli``).
-
-    Args:
-        argv: Arguments after the program name; ``None``: ``sys.argv[1:]``.
-
-    Returns:
-        The exit code.
-    """
-    parser = argparse.ArgumentParser(prog="filterstats")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The ``filterstats`` command line: every capability without writing Python.
+
+One module per command (``analyze``, ``compare``, ``demo``, ``zoo``, ``scan``), each
+with ``add_parser(commands)`` and ``run(args)``; ``_common`` holds what they share.
+Arguments are parsed before any analysis code is imported, so ``--help`` and
+``--version`` cost no more than ``import filterstats``.
+
+Exit codes: 0 success; 1 the work ran but something failed (e.g. a scan with failed
+models); 2 a user error (bad spec, missing or unreadable file, bad option), reported
+as one line on stderr without a traceback; 130 an interrupt. Progress goes to
+stderr; tables and machine-readable output to stdout or ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from filterstats._version import __version__
+from filterstats.cli import analyze, compare, demo, scan, zoo
+from filterstats.cli._common import cli_text, user_errors
+
+__all__ = ["build_parser", "main"]
+
+_COMMANDS = (analyze, compare, demo, zoo, scan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``filterstats`` command.
+
+    Returns:
+        The parser, with one sub-parser per command.
+    """
+    parser = argparse.ArgumentParser(
+        prog="filterstats",
+        description="Measure the convolution filters of trained networks: sparsity, "
+        "diversity (variance entropy) and orthogonality per layer (Gavrikov & Keuper, 2022).",
+        epilog="MODEL specs: a checkpoint file (.pt, .pth, .bin, .safetensors, .onnx), "
+        "demo:normal, demo:robust[@SEED], timm:NAME[@FILE], "
+        "robustbench:DATASET/THREAT/NAME[@MODEL_DIR].",
+    )
+    parser.add_argument("--version", action="version", version=f"filterstats {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in _COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The exit code.
+    """
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, handlers=[handler])
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            else:
+                # Deprecation notices of other packages (torch, timm) are not the user's
+                # to act on; filterstats' own warnings and every other kind are shown.
+                for category in (DeprecationWarning, FutureWarning):
+                    warnings.filterwarnings("ignore", category=category, module=r"(?!filterstats)")
+                warnings.showwarning = _one_line_warning
+            return run(args)
+    except user_errors() as error:
+        sys.stderr.write(f"filterstats: error: {cli_text(error)}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("filterstats: interrupted\n")
+        return 130
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records as the command line prints messages (see ``cli_text``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return cli_text(record.getMessage())
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    sys.stderr.write(f"filterstats: warning: {cli_text(message)}\n")
