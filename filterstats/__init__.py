@@ -20,7 +20,7 @@ from filterstats.distribution import (
     histogram_divergence,
     pca_basis,
 )
-from filterstats.extract import register_effective_weight
+from filterstats.effective_weights import register_effective_weight
 from filterstats.html import report
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
 from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity

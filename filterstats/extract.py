@@ -20,7 +20,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from filterstats._modes import eval_mode
 from filterstats._warnings import FilterStatsWarning
 from filterstats.checkpoints import UnorderedStateDict, strip_wrapper_prefixes
 from filterstats.depth import conv_depth_ranks, graph_depths
+from filterstats.effective_weights import register_effective_weight, registered_getter
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer, layer_name
 
 __all__ = [
@@ -43,10 +44,6 @@ __all__ = [
     "shared_weights",
 ]
 
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
-WeightGetter = Callable[[Any], Tensor]
-
-_EFFECTIVE_WEIGHT: dict[type, WeightGetter] = {}
 _SCRIPTED_CONVS = {
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
 }  # fmt: skip
@@ -56,54 +53,12 @@ _LIGHTNING_MODULES = ("lightning.pytorch.", "pytorch_lightning.", "lightning.")
 _PROBES = 64
 
 
-def register_effective_weight(
-    module_cls: type[ModuleT], getter: Callable[[ModuleT], Tensor] | None = None
-) -> Any:
-    """Tell extraction how to get the weight a module really convolves with.
-
-    For modules that transform their weight in ``forward`` (weight standardisation,
-    re-parameterisation, custom quantisation), register a function that returns the
-    effective weight ``(C_out, C_in / groups, *kernel)``. Subclasses inherit the
-    getter; the most specific registered class wins. Registering a class that is not
-    a ``_ConvNd`` subclass makes extraction treat it as a convolution.
-
-    Args:
-        module_cls: The module class.
-        getter: ``getter(module) -> Tensor``; omit to use as a decorator.
-
-    Returns:
-        ``getter`` (or the decorator).
-
-    Examples:
-        >>> import torch, filterstats as fs
-        >>> class StdConv(torch.nn.Conv2d):
-        ...     def forward(self, x):
-        ...         return self._conv_forward(x, standardize(self.weight), self.bias)
-        >>> def standardize(w):
-        ...     return (w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), keepdim=True)
-        >>> _ = fs.register_effective_weight(StdConv, lambda m: standardize(m.weight))
-    """
-    if not isinstance(module_cls, type) or not issubclass(module_cls, nn.Module):
-        raise TypeError(f"`module_cls` must be an nn.Module subclass, got {module_cls!r}.")
-
-    def decorate(function: Callable[[ModuleT], Tensor]) -> Callable[[ModuleT], Tensor]:
-        if not callable(function):
-            raise TypeError(f"`getter` must be callable, got {function!r}.")
-        _EFFECTIVE_WEIGHT[module_cls] = function
-        return function
-
-    return decorate if getter is None else decorate(getter)
-
-
-def _registered_getter(module: nn.Module) -> WeightGetter | None:
+def _registered_getter(module: nn.Module) -> Callable[[Any], Tensor] | None:
     if type(module).__module__.startswith("timm.") and "filterstats.zoo.timm" not in sys.modules:
         # timm is already imported (the module is one of its classes): register the
         # getters of its weight-standardised convolutions.
         importlib.import_module("filterstats.zoo.timm")
-    for cls in type(module).__mro__:
-        if cls in _EFFECTIVE_WEIGHT:
-            return _EFFECTIVE_WEIGHT[cls]
-    return None
+    return registered_getter(module)
 
 
 def _is_quantized_conv(module: nn.Module) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from filterstats import _spectral as spectral
 from filterstats.spectra import COLUMNS, ConvSpectra, conv_spectra
 from tests.conftest import model_fingerprint
 
-GOLDEN = Path(__file__).parent / "test_output"
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 
 
@@ -522,13 +520,9 @@ def test_repr_computes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ConvSpectra" in repr(spectra)
 
 
-def test_table_golden_file() -> None:
+def test_table_golden_file(golden) -> None:
     spectra = conv_spectra(_model(), input_size=(3, 8, 8), progress=False)
-    text = spectra.table() + "\n"
-    path = GOLDEN / "spectra_table.out"
-    if os.environ.get("FILTERSTATS_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text()
+    golden.check("spectra_table", spectra.table() + "\n")
 
 
 def test_singular_values_on_demand() -> None:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from filterstats._optional import require
 from filterstats.checkpoints import CheckpointError, load_state_dict
-from filterstats.extract import register_effective_weight
+from filterstats.effective_weights import register_effective_weight
 from filterstats.zoo._mismatch import describe_mismatch
 
 __all__ = ["create_model", "register_effective_weights", "standardized_weight"]
