@@ -100,3 +100,21 @@ def test_newer_schema_is_refused(tmp_path):
     path.write_text(text)
     with pytest.raises(ValueError, match="schema version 99"):
         fs.read_report(path)
+
+
+def test_printed_report_golden(golden):
+    import filterstats.demo
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.Conv2d(8, 8, 1),
+        torch.nn.Conv2d(8, 16, 3, groups=2),
+        torch.nn.Conv2d(16, 16, 5),
+    )
+    golden.check("filter_report", repr(fs.analyze(model, label="tiny")) + "\n")
+    robust, normal = filterstats.demo.load_model("robust"), filterstats.demo.load_model("normal")
+    both = fs.FilterReport.concat([fs.analyze(robust, label="robust"),
+                                   fs.analyze(normal, label="normal")])  # fmt: skip
+    golden.check("filter_report_two_models", repr(both) + "\n")
+    golden.check("depth_profile_demo", repr(fs.depth_profile(both, bins=4)) + "\n")
