@@ -210,8 +210,11 @@ def test_shard_and_limit_scan_only_the_selected_models(tmp_path):
 
 def test_read_specs_and_argument_errors(tmp_path):
     path = tmp_path / "specs.txt"
-    path.write_text("# models\n a.pt \n\ntimm:resnet18\n  # indented comment\n")
-    assert read_specs(path) == ["a.pt", "timm:resnet18"]
+    path.write_text(
+        "# models\n a.pt \n\ntimm:resnet18   # the reference\n  # indented comment\n"
+        "runs/run#3.pt\t# a tab, then a comment\n"
+    )
+    assert read_specs(path) == ["a.pt", "timm:resnet18", "runs/run#3.pt"]
     with pytest.raises(TypeError, match="read_specs"):
         scan("a.pt", tmp_path / "store")
     with pytest.raises(ValueError, match="raw_dtype"):

@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="filterstats",
         description="Measure the convolution filters of trained networks: sparsity, "
         "diversity (variance entropy) and orthogonality per layer (Gavrikov & Keuper, 2022).",
-        epilog="MODEL specs: a checkpoint file (.pt, .pth, .bin, .safetensors, .onnx), "
-        "demo:normal, demo:robust[@SEED], timm:NAME[@FILE], "
-        "robustbench:DATASET/THREAT/NAME[@MODEL_DIR].",
+        epilog="MODEL specs: a file (.pt, .pth, .bin, .ckpt, .safetensors, a TorchScript "
+        "archive, .onnx), demo:normal[@SEED], demo:robust[@SEED], timm:NAME[@FILE], "
+        "timm:NAME@random, robustbench:DATASET/THREAT/NAME[@MODEL_DIR].",
     )
     parser.add_argument("--version", action="version", version=f"filterstats {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

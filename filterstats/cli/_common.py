@@ -173,7 +173,10 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     """
     add_metric_options(parser)
     parser.add_argument(
-        "--device", type=device, default=None, help="compute device, e.g. cuda (default: cpu)"
+        "--device",
+        type=device,
+        default=None,
+        help="compute device, e.g. cuda (default: where the weights are; files load on the cpu)",
     )
     add_trust_pickle_option(parser)
 

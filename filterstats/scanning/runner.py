@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,11 @@ class ScanSummary:
 
 
 def read_specs(path: str | os.PathLike[str]) -> list[str]:
-    """Model specs from a text file: one per line, ``#`` comments and blank lines ignored.
+    """Model specs from a text file: one per line; comments and blank lines ignored.
+
+    A comment is a line starting with ``#``, or the rest of a line from a ``#`` that
+    follows whitespace (``model.pt  # the robust twin``); a ``#`` inside a spec (a
+    file name such as ``run#3.pt``) is kept.
 
     Args:
         path: The specs file.
@@ -94,10 +99,13 @@ def read_specs(path: str | os.PathLike[str]) -> list[str]:
     """
     specs = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        text = line.strip()
+        text = _TRAILING_COMMENT.sub("", line).strip()
         if text and not text.startswith("#"):
             specs.append(text)
     return specs
+
+
+_TRAILING_COMMENT = re.compile(r"\s#.*$")
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
