@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -76,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     warnings.filterwarnings("ignore", category=category, module=r"(?!filterstats)")
                 warnings.showwarning = _one_line_warning
             return run(args)
+    except BrokenPipeError:
+        # The reader of stdout went away (`filterstats ... | head`): stop quietly, as
+        # other command-line tools do; nothing more can be written there.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except user_errors() as error:
         sys.stderr.write(f"filterstats: error: {cli_text(error)}\n")
         return 2

@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         normal.append(analyze(pair.normal, label=f"normal-seed{seed}"))
     comparison = compare(robust, normal, labels=("robust", "normal"))
     summary = comparison.summary()
+    shown = f"seed {seeds[0]}" if len(seeds) > 1 else f"the seed-{seeds[0]} pair"
+    emit(f"Layer tables of {shown} (every seed: layers.csv); the summary below pairs "
+         f"{len(seeds)} seed(s): {', '.join(str(seed) for seed in seeds)}.")  # fmt: skip
+    emit("")
     emit(FilterReport.concat([robust[0], normal[0]]).table())
     emit("")
     emit(repr(summary))

@@ -308,3 +308,20 @@ def test_a_quantised_state_dict_is_measured_on_the_command_line(tmp_path, capsys
 
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [(r["layer"], r["status"]) for r in rows] == [("1", "ok")]
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "filterstats", "demo", "--out", str(tmp_path / "demo"), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    _, err = process.communicate(timeout=120)
+    assert b"error" not in err, err
+    assert b"Traceback" not in err
