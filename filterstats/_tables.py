@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
 from filterstats._files import atomic_write_text
 from filterstats._optional import require
 
-__all__ = ["MetricAttributes", "RowTable", "csv_value", "json_value"]
+__all__ = ["MetricAttributes", "RowTable", "csv_value", "html_cell", "html_table", "json_value"]
 
 
 class MetricAttributes:
@@ -73,6 +74,11 @@ class RowTable:
             One dict per row, keys in field order.
         """
         return [asdict(row) for row in self.rows]
+
+    def _repr_html_(self) -> str:
+        """The table as HTML for notebooks; its title (how it was made) as the caption."""
+        caption = repr(self).split("\n", 1)[0]
+        return html_table(self.to_records(), self.columns, caption=caption)
 
     def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write (or return) the rows as CSV, one header line; no pandas needed.
@@ -138,3 +144,64 @@ def json_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_value(item) for item in value]
     return value
+
+
+def html_cell(value: Any, digits: int = 4) -> tuple[str, str]:
+    """One table cell as HTML text and its kind (``"num"`` or ``"text"``).
+
+    Floats get ``digits`` significant digits (``0.8123``, ``-9.05e-05``), so columns stay
+    narrow; NaN is ``nan``, ``None`` empty.
+
+    Args:
+        value: The value.
+        digits: Significant digits of floats.
+
+    Returns:
+        ``(escaped text, kind)``.
+    """
+    if value is None:
+        return "", "text"
+    if isinstance(value, bool):
+        return str(value), "text"
+    if isinstance(value, int):
+        return str(value), "num"
+    if isinstance(value, float):
+        return ("nan" if math.isnan(value) else f"{value:.{digits}g}"), "num"
+    return html.escape(str(value)), "text"
+
+
+def html_table(
+    records: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    caption: str = "",
+    table_id: str | None = None,
+    max_rows: int | None = 200,
+) -> str:
+    """Records as one HTML ``<table class="data">`` (notebooks and the HTML report).
+
+    Args:
+        records: One dict per row.
+        columns: Columns to show, in order.
+        caption: Caption (how the table was made).
+        table_id: ``id`` attribute.
+        max_rows: Rows shown at most (the rest elided with a count); ``None``: all.
+
+    Returns:
+        The HTML.
+    """
+    shown = list(records) if max_rows is None else list(records)[:max_rows]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = []
+    for record in shown:
+        cells = (html_cell(record.get(column)) for column in columns)
+        body.append("<tr>" + "".join(f'<td class="{k}">{t}</td>' for t, k in cells) + "</tr>")
+    if len(shown) < len(records):
+        more = len(records) - len(shown)
+        body.append(f'<tr><td colspan="{len(columns)}">... {more} more rows</td></tr>')
+    ident = f' id="{html.escape(table_id)}"' if table_id else ""
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return (
+        f'<table class="data"{ident}>{cap}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )

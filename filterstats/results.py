@@ -27,7 +27,7 @@ from typing import Any
 from filterstats import metric_table
 from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
-from filterstats._tables import MetricAttributes, csv_value, json_value
+from filterstats._tables import MetricAttributes, csv_value, html_table, json_value
 
 __all__ = [
     "COLUMNS",
@@ -304,6 +304,24 @@ class FilterReport(Sequence[LayerRow]):
     # ---------------------------------------------------------------- display
     def __repr__(self) -> str:
         return self.table()
+
+    def _repr_html_(self) -> str:
+        """The report as HTML for notebooks: measured layers, then skipped ones."""
+        title = self.table().split("\n", 1)[0]
+        shown = [m for m in metric_table.default_metrics() if m in self.metrics]
+        columns = [
+            *(["model"] if len(self.models) > 1 else []), "layer", "module_type", "kind",
+            "kernel_size", "in_channels", "out_channels", "groups", "conv_depth_norm", *shown,
+        ]  # fmt: skip
+        records = self.to_records()
+        columns = [c for c in columns if not records or c in records[0]]
+        measured = [r for r in records if r["status"] == "ok"]
+        parts = [html_table(measured, columns, caption=title)]
+        skipped = [r for r in records if r["status"] != "ok"]
+        if skipped:
+            skip_columns = [c for c in columns if c not in shown] + ["reason"]
+            parts.append(html_table(skipped, skip_columns, caption="skipped convolutions"))
+        return "".join(parts)
 
     def table(self, *, max_rows: int = 60) -> str:
         """The report as fixed-width text: measured layers, then skipped ones with reasons.

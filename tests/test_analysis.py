@@ -118,3 +118,13 @@ def test_printed_report_golden(golden):
                                    fs.analyze(normal, label="normal")])  # fmt: skip
     golden.check("filter_report_two_models", repr(both) + "\n")
     golden.check("depth_profile_demo", repr(fs.depth_profile(both, bins=4)) + "\n")
+
+
+def test_reports_show_as_html_with_their_provenance():
+    report = fs.analyze(Net(), label="net")
+    html = report._repr_html_()
+    assert html.count("<table") == 2  # measured, then skipped with reasons
+    assert "definition=paper" in html and "kernel=3x3" in html
+    assert "kernel size (1, 1) is not (3, 3)" in html
+    profile = fs.depth_profile(report)._repr_html_()
+    assert "<caption>DepthProfile" in profile
