@@ -177,6 +177,7 @@ def html_table(
     caption: str = "",
     table_id: str | None = None,
     max_rows: int | None = 200,
+    wrap: Sequence[str] = (),
 ) -> str:
     """Records as one HTML ``<table class="data">`` (notebooks and the HTML report).
 
@@ -186,6 +187,8 @@ def html_table(
         caption: Caption (how the table was made).
         table_id: ``id`` attribute.
         max_rows: Rows shown at most (the rest elided with a count); ``None``: all.
+        wrap: Text columns whose cells may wrap (class ``wrap``, e.g. skip reasons);
+            every other cell stays on one line.
 
     Returns:
         The HTML.
@@ -194,8 +197,11 @@ def html_table(
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = []
     for record in shown:
-        cells = (html_cell(record.get(column)) for column in columns)
-        body.append("<tr>" + "".join(f'<td class="{k}">{t}</td>' for t, k in cells) + "</tr>")
+        cells = []
+        for column in columns:
+            text, kind = html_cell(record.get(column))
+            cells.append(f'<td class="{"wrap" if column in wrap else kind}">{text}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
     if len(shown) < len(records):
         more = len(records) - len(shown)
         body.append(f'<tr><td colspan="{len(columns)}">... {more} more rows</td></tr>')

@@ -13,12 +13,13 @@ import datetime
 import html
 import io
 import logging
-import math
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from filterstats._tables import html_table
 from filterstats.compare import Comparison
 from filterstats.results import FilterReport
 
@@ -27,40 +28,38 @@ __all__ = ["report"]
 logger = logging.getLogger(__name__)
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
-table.data { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-table.data th, table.data td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
-table.data th { background: #f0f0f0; }
+* { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; color: #222; margin: 0 auto; padding: 1em 2em;
+       max-width: 1400px; line-height: 1.35; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { font-size: 1.05em; }
+div.scroll { overflow-x: auto; max-width: 100%; margin: 0.5em 0; }
+table.data { border-collapse: collapse; font-size: 0.85em; }
+table.data caption { caption-side: top; text-align: left; color: #666; padding: 2px 0; }
+table.data th, table.data td { border: 1px solid #ccc; padding: 2px 6px; text-align: right;
+                               white-space: nowrap; font-variant-numeric: tabular-nums; }
+table.data th { background: #f0f0f0; position: sticky; top: 0; }
 table.data td.text { text-align: left; }
-figure { margin: 1em 0; } figure img { max-width: 100%; }
+table.data td.wrap { white-space: normal; min-width: 24em; max-width: 48em; text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; }
 p.meta { color: #666; font-size: 0.85em; }
+@media print { div.scroll { overflow: visible; } table.data { font-size: 0.7em; }
+               table.data th { position: static; } }
 """
 
 
-def _cell(value: Any) -> tuple[str, str]:
-    if isinstance(value, bool):
-        return str(value), "text"
-    if isinstance(value, int):
-        return str(value), "num"
-    if isinstance(value, float):
-        return ("nan" if math.isnan(value) else f"{value:.6g}"), "num"
-    return html.escape(str(value)), "text"
+def _table(
+    table_id: str,
+    records: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    wrap: Sequence[str] = (),
+) -> str:
+    """One data table in its own horizontally scrolling box (the page never scrolls sideways).
 
-
-def _table(table_id: str, records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for record in records:
-        cells = []
-        for column in columns:
-            text, kind = _cell(record.get(column, ""))
-            cells.append(f'<td class="{kind}">{text}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (
-        f'<table class="data" id="{html.escape(table_id)}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
+    Numbers have 4 significant digits; the columns in ``wrap`` (skip reasons) wrap.
+    """
+    table = html_table(records, columns, table_id=table_id, max_rows=None, wrap=wrap)
+    return f'<div class="scroll">{table}</div>'
 
 
 def _figure(fig: Any, caption: str) -> str:
@@ -89,19 +88,41 @@ def _records_of(result: Any) -> tuple[list[dict[str, Any]], list[str]]:
     return records, columns
 
 
+def _layer_columns(report: FilterReport) -> list[str]:
+    """The layers table: what identifies a layer, then its metrics, then the rest."""
+    lead = ["model"] if len(report.models) > 1 else []
+    ident = ["layer", "module_type", "kind", "kernel_size", "in_channels", "out_channels",
+             "groups", "conv_depth_norm"]  # fmt: skip
+    present = set(report.columns)
+    return [c for c in [*lead, *ident, *report.metrics, "n_filters", "n_nonsparse", "shared_with"]
+            if c in present]  # fmt: skip
+
+
 def _report_sections(obj: FilterReport, figures: bool) -> list[str]:
     from filterstats.depth_bins import depth_profile
     from filterstats.metric_table import default_metrics
 
+    records = obj.to_records()
+    params = ", ".join(f"{k}={v}" for k, v in asdict(obj.params).items())
     parts = [
         f'<p class="meta">{len(obj.measured)} layers measured, {len(obj.skipped)} skipped; '
-        f"parameters: {html.escape(str(obj.params))}</p>",
+        f"parameters: {html.escape(params)}</p>",
         "<h2>Layers</h2>",
-        _table("layers", obj.to_records(), obj.columns),
+        _table("layers", [r for r in records if r["status"] == "ok"], _layer_columns(obj)),
     ]
+    if obj.skipped:
+        columns = [c for c in _layer_columns(obj) if c not in obj.metrics
+                   and c not in ("n_filters", "n_nonsparse", "shared_with")]  # fmt: skip
+        parts += [
+            "<h2>Skipped convolutions</h2>",
+            _table("skipped", [r for r in records if r["status"] != "ok"], [*columns, "reason"],
+                   wrap=("reason",)),
+        ]  # fmt: skip
     profile = depth_profile(obj)
-    records, columns = _records_of(profile)
-    parts += ["<h2>Depth profile</h2>", _table("depth-profile", records, columns)]
+    # Bins and metrics first, counts after: the metrics stay in view on a laptop screen.
+    columns = ["model", "bin", "n_layers", *profile.metrics, "n_filters", "n_nonsparse",
+               "out_channels", "conv_depth_norm"]  # fmt: skip
+    parts += ["<h2>Depth profile</h2>", _table("depth-profile", profile.to_records(), columns)]
     if figures and obj.measured:
         from matplotlib.figure import Figure
 
