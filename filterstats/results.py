@@ -28,6 +28,7 @@ from filterstats import metric_table
 from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 from filterstats._tables import MetricAttributes, csv_value, html_table, json_value
+from filterstats._text import render_table
 
 __all__ = [
     "COLUMNS",
@@ -355,7 +356,7 @@ class FilterReport(Sequence[LayerRow]):
             f"measured, {len(self.skipped)} skipped (definition={params.definition}, "
             f"eps={params.eps}, kernel={params.kernel_size}, depth={params.depth_method})"
         )
-        parts = [title, *_render(head, lines)]
+        parts = [render_table(title, head, lines)]
         if self.skipped:
             skip_head = [*lead, "layer", "type", "shape", "depth", "reason"]
             skip_lines = [
@@ -363,7 +364,7 @@ class FilterReport(Sequence[LayerRow]):
                  _shape_text(row), _fmt(row.conv_depth_norm, 2), row.reason]
                 for row in self.skipped
             ]  # fmt: skip
-            parts += ["skipped:", *_render(skip_head, skip_lines)]
+            parts.append(render_table("skipped:", skip_head, skip_lines))
         return "\n".join(parts)
 
     # ---------------------------------------------------------------- combine
@@ -380,14 +381,6 @@ class FilterReport(Sequence[LayerRow]):
         if not reports:
             return cls(())
         return cls(tuple(row for r in reports for row in r.rows), reports[0].params)
-
-
-def _render(head: list[str], lines: list[list[str]]) -> list[str]:
-    """Columns padded to their widest cell; the last column (values or reasons) uncut."""
-    widths = [max([len(h)] + [len(c[i]) for c in lines if i < len(c)]) for i, h in enumerate(head)]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [head, *lines]
-    ]
 
 
 def _shape_text(row: LayerRow) -> str:
