@@ -78,6 +78,8 @@ class MatchRow:
         metric: Metric name.
         a: Value in model ``a``.
         b: Value in model ``b``.
+        kind: The layer's kind in ``a`` (``"dense"``, ``"grouped"``, ``"depthwise"``;
+            empty when unknown and for depth bins).
     """
 
     pair: int
@@ -89,6 +91,7 @@ class MatchRow:
     metric: str
     a: float
     b: float
+    kind: str = ""
 
     @property
     def difference(self) -> float:
@@ -787,7 +790,7 @@ def _match_by_name(
                 MatchRow(p, label_a, label_b, name,
                          -1 if row_a.conv_depth is None else row_a.conv_depth,
                          row_a.conv_depth_norm, metric, getattr(row_a, metric),
-                         getattr(row_b, metric))
+                         getattr(row_b, metric), row_a.kind)
             )  # fmt: skip
     missing = [f"pair {p}: {n} only in {label_a}" for n in a_rows if n not in b_rows]
     missing += [f"pair {p}: {n} only in {label_b}" for n in b_rows if n not in a_rows]
