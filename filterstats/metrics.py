@@ -540,11 +540,10 @@ def _group_orthogonality_values(
                     rows[start:stop], row_mask=None if row_mask is None else row_mask[start:stop]
                 ).sum()
             )
-        if row_mask is None:
-            pairs = torch.tensor(group * per_group * (per_group - 1.0), dtype=torch.float64)
-        else:
-            pairs = kernels.pair_count(row_mask.sum(dim=1)).sum()
-        pairs = pairs.to(device)
+        if row_mask is None:  # known on the host: no transfer
+            values.append(1.0 - total / (group * per_group * (per_group - 1.0)))
+            continue
+        pairs = kernels.pair_count(row_mask.sum(dim=1)).sum()
         value = 1.0 - total / torch.where(pairs > 0, pairs, 1.0)
         values.append(torch.where(pairs > 0, value, torch.nan))
     return _stack(values, device, torch.float64)
