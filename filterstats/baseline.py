@@ -360,6 +360,36 @@ class InitBaseline(RowTable):
             object.__setattr__(self, "_cache", cached)
         return cached
 
+    def relabel(self, label: str) -> InitBaseline:
+        """The same baseline with every row's model label replaced.
+
+        Args:
+            label: The new model label.
+
+        Returns:
+            A new baseline.
+        """
+        return replace(
+            self,
+            rows=tuple(replace(row, model=label) for row in self.rows),
+            skipped=tuple(replace(skip, model=label) for skip in self.skipped),
+        )
+
+    def for_model(self, model: str) -> InitBaseline:
+        """The rows and skipped layers of one model.
+
+        Args:
+            model: A model label.
+
+        Returns:
+            A new baseline holding that model only.
+        """
+        return replace(
+            self,
+            rows=tuple(row for row in self.rows if row.model == model),
+            skipped=tuple(skip for skip in self.skipped if skip.model == model),
+        )
+
     @classmethod
     def concat(cls, baselines: Sequence[InitBaseline]) -> InitBaseline:
         """Join the baselines of several models (seeds and parameters of the first).

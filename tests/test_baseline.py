@@ -312,3 +312,22 @@ def test_cli_refuses_fewer_than_two_seeds(capsys):
         cli_main(["analyze", "demo:robust", "--baseline", "init", "--baseline-seeds", "1"])
     assert stop.value.code == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_cli_seeds_without_a_baseline_is_an_error(capsys):
+    assert cli_main(["analyze", "demo:robust", "--baseline-seeds", "3"]) == 2
+    assert "--baseline-seeds K needs --baseline init" in capsys.readouterr().err
+
+
+def test_compare_keeps_each_sides_baseline():
+    pair = fs.demo.load_pair(0)
+    comparison = fs.compare(pair.robust, pair.normal, baseline="init", baseline_seeds=3)
+    for report, label in ((comparison.reports_a[0], "robust"), (comparison.reports_b[0], "normal")):
+        assert report.baseline is not None
+        assert {row.model for row in report.baseline} == {label}
+    # A concatenated report is split into its models, each with its own baseline rows.
+    both = fs.FilterReport.concat([comparison.reports_a[0], comparison.reports_b[0]])
+    assert both.baseline is not None and len(both.baseline.rows) == 2 * 5 * 5
+    again = fs.compare(both, pair.normal)
+    for report in again.reports_a:
+        assert {row.model for row in report.baseline} == set(report.models)

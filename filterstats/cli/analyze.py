@@ -56,7 +56,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--baseline-seeds",
         type=_seeds,
-        default=10,
+        default=None,
         metavar="K",
         help="re-initialisations for --baseline, at least 2 (default: 10)",
     )
@@ -89,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
     model: Any = args.model
     baseline: dict[str, Any] = {}
+    if args.baseline_seeds is not None and args.baseline is None:
+        raise UserError("--baseline-seeds K needs --baseline init")
     if args.baseline is not None:
-        from filterstats.baseline import require_architecture
+        from filterstats.baseline import DEFAULT_SEEDS, require_architecture
 
         try:  # a spec of weights only (a state dict file, ONNX) is one line, before any work
             model = require_architecture(args.model, trust_pickle=args.trust_pickle)
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 f"timm:NAME@FILE); {args.model} holds weights only. From Python, load the "
                 "weights into the nn.Module and pass it: fs.analyze(net, baseline='init')"
             ) from error
-        baseline = {"baseline": args.baseline, "baseline_seeds": args.baseline_seeds}
+        seeds = DEFAULT_SEEDS if args.baseline_seeds is None else args.baseline_seeds
+        baseline = {"baseline": args.baseline, "baseline_seeds": seeds}
     # The spec goes to the library's one resolver, as in Python: the same model, layers
     # and errors through every door.
     report = analyze(
