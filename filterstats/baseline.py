@@ -194,6 +194,25 @@ class InitBaseline(RowTable):
             f"{list(self.layers)[:8]}, metrics: {list(self.metrics)}"
         )
 
+    def values(self, metric: str, field: str = "z") -> list[float]:
+        """One field of one metric for every layer, in layer order (for plots, arrays).
+
+        Args:
+            metric: Metric name.
+            field: ``"value"``, ``"init_mean"``, ``"init_std"``, ``"diff"`` or ``"z"``.
+
+        Returns:
+            One value per layer of ``layers``.
+
+        Raises:
+            KeyError: Unknown metric or field.
+        """
+        if field not in ("value", *_FIELDS):
+            raise KeyError(f"unknown field {field!r}; fields: value, {', '.join(_FIELDS)}")
+        if metric not in self.metrics:
+            raise KeyError(f"no metric {metric!r} in the baseline; metrics: {list(self.metrics)}")
+        return [float(getattr(row, field)) for row in self.rows if row.metric == metric]
+
     def provenance(self) -> dict[str, Any]:
         """How the baseline was made: method, seeds, ``ddof``, skipped layers.
 
@@ -568,7 +587,7 @@ def _copies(
             if first.shape != layer.weight.shape or torch.equal(first, second):
                 reason = (
                     f"{type(conv).__name__}.reset_parameters does not change its effective "
-                    "weight (a parametrised or custom weight?)"
+                    "weight: the same for two seeds (a parametrised, constant or custom weight)"
                 )
                 skipped.append(BaselineSkip(model, layer.name, reason))
                 continue

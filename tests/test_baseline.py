@@ -331,3 +331,16 @@ def test_compare_keeps_each_sides_baseline():
     again = fs.compare(both, pair.normal)
     for report in again.reports_a:
         assert {row.model for row in report.baseline} == set(report.models)
+
+
+def test_values_give_one_field_per_layer():
+    base = fs.init_baseline(fs.demo.load_model("robust"), seeds=3)
+    z = base.values("orthogonality")
+    assert z == [base.get(layer, "orthogonality").z for layer in base.layers]
+    assert base.values("diversity", "diff") == [
+        base.get(layer, "diversity").diff for layer in base.layers
+    ]
+    with pytest.raises(KeyError, match="unknown field"):
+        base.values("diversity", "mean")
+    with pytest.raises(KeyError, match="no metric"):
+        base.values("frequency")
