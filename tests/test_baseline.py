@@ -344,3 +344,14 @@ def test_values_give_one_field_per_layer():
         base.values("diversity", "mean")
     with pytest.raises(KeyError, match="no metric"):
         base.values("frequency")
+
+
+def test_a_wrapped_model_and_a_device_give_the_same_baseline():
+    model = fs.demo.load_model("robust")
+    plain = fs.init_baseline(model, seeds=3)
+    wrapped = fs.init_baseline(nn.DataParallel(model), seeds=3, device="cpu", label="DemoNet")
+    assert wrapped.layers == plain.layers
+    for a, b in zip(plain, wrapped, strict=True):
+        assert (a.layer, a.metric) == (b.layer, b.metric)
+        assert a.init_mean == pytest.approx(b.init_mean, abs=1e-12)
+        assert a.z == pytest.approx(b.z, abs=1e-9, nan_ok=True)
