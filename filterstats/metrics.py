@@ -935,8 +935,8 @@ def frequency_profile(
     _check_nan_policy(names, first, nan_policy)
     device = first.layer_max.device
     energies, _ = _frequency_values(first.moments[0], weights, device)
-    ok = _finalize(torch.ones_like(first.layer_max), first, nan_policy, dead_is_nan=True)
-    result = tuple(torch.where(ok[i] == 1.0, e, torch.nan) for i, e in enumerate(energies))
+    ok = _finalize(torch.ones_like(first.layer_max), first, nan_policy, dead_is_nan=True) == 1.0
+    result = tuple(torch.where(ok[i], e, torch.nan) for i, e in enumerate(energies))
     _warn_degenerate(names, weights, first, "the frequency profile", nan_policy)
     return result[0] if single else result
 
@@ -1035,7 +1035,10 @@ def measure(
         )
         shares = _finalize(shares, first, nan_policy, dead_is_nan=True)
         extra = {"freq_dc": shares[0], "freq_low": shares[1], "freq_high": shares[2]}
-        energies = tuple(per_frequency)
+        # NaN where the shares are (all-zero layers; NaN/inf weights under "propagate").
+        ok = _finalize(torch.ones_like(first.layer_max), first, nan_policy, dead_is_nan=True)
+        ok = ok == 1.0
+        energies = tuple(torch.where(ok[i], e, torch.nan) for i, e in enumerate(per_frequency))
     n_filters = first.n_kernels
     n_sparse = first.n_sparse
     _warn_degenerate(names, weights, first, "diversity and orthogonality", nan_policy)

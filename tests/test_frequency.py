@@ -125,6 +125,8 @@ def test_all_zero_layer_is_nan_with_a_warning():
         result = fs.measure([weight, torch.randn(4, 3, 3, 3)])
     assert math.isnan(float(result.freq_dc[0])) and math.isnan(float(result.freq_high[0]))
     assert not math.isnan(float(result.freq_high[1]))
+    assert torch.isnan(result.frequency_energy[0]).all()
+    assert not torch.isnan(result.frequency_energy[1]).any()
     with pytest.warns(fs.FilterStatsWarning, match="frequency profile"):
         energy = fs.frequency_profile(weight)
     assert torch.isnan(energy).all()
