@@ -188,3 +188,22 @@ def test_html_report_has_kind_and_the_new_columns(tmp_path):
     page = fs.report(report, tmp_path / "r.html", figures=False).read_text(encoding="utf-8")
     for text in ("<th>kind</th>", "depthwise", "grouped", "group_orthogonality", "freq_high"):
         assert text in page, text
+
+
+def test_transposed_grouped_conv_groups_its_output_filters():
+    torch.manual_seed(2)
+    conv = nn.ConvTranspose2d(8, 12, 3, groups=2)
+    weight = conv.weight.detach().double()
+    # Output channel o of group o // 6 sees inputs 4 (o // 6) .. 4 (o // 6) + 3.
+    filters = torch.stack([weight[(o // 6) * 4 : (o // 6) * 4 + 4, o % 6] for o in range(12)])
+    report = fs.analyze(conv)
+    assert report.measured[0].kind == "grouped"
+    expected = group_orthogonality_reference(filters, 2)
+    assert report.measured[0].group_orthogonality == pytest.approx(expected, abs=1e-6)
+
+
+def test_compare_takes_the_new_columns():
+    torch.manual_seed(5)
+    comparison = fs.compare(Mixed(), Mixed(), metrics=["freq_high", "group_orthogonality"])
+    summary = comparison.summary()
+    assert {row.metric for row in summary} == {"freq_high", "group_orthogonality"}
