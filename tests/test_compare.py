@@ -177,3 +177,50 @@ def test_tables_export_csv_and_json_without_pandas_matching_pandas(tmp_path, tab
                 assert got[key] is None
             else:
                 assert got[key] == value
+
+
+def test_printing_never_runs_a_bootstrap(monkeypatch):
+    import importlib
+
+    # `filterstats.compare` is the function; the package's modules by their full name.
+    stats_module = importlib.import_module("filterstats._stats")
+    statistics = importlib.import_module("filterstats.compare.statistics")
+
+    cmp = fs.compare([sparser(make_net(s), s) for s in (1, 2)], [make_net(s) for s in (1, 2)])
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a bootstrap ran while printing")
+
+    monkeypatch.setattr(statistics, "bootstrap_mean_ci", fail)
+    monkeypatch.setattr(stats_module, "bootstrap_mean_ci", fail)
+    text = repr(cmp) + repr(cmp.summary()) + repr(cmp.by_depth())
+    assert "sparsity" in text
+    assert cmp.summary() is cmp.default_summary and cmp.by_depth() is cmp.default_depth
+    with pytest.raises(AssertionError, match="bootstrap ran"):
+        cmp.summary(n_boot=10)  # other options compute anew
+
+
+def test_compare_package_has_no_import_circle():
+    """compare's modules import neither plotting nor html at module level, and plotting
+    imports compare only for type checking (or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(fs.__file__).parent
+
+    def top_level_imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        found = set()
+        for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks are skipped
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return found
+
+    for path in sorted((root / "compare").glob("*.py")):
+        imports = top_level_imports(path)
+        assert not imports & {"filterstats.plotting", "filterstats.html"}, path.name
+    assert not any(
+        m.startswith("filterstats.compare") for m in top_level_imports(root / "plotting.py")
+    )

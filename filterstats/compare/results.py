@@ -1,36 +1,25 @@
-"""``compare``: two models (or two groups of models) side by side, with statistics.
+"""Result objects of a comparison: matched rows, per-metric and per-bin tables, ``Comparison``.
 
-The paper (Gavrikov & Keuper, CVPR-W 2022) compares 71 adversarially robust models
-with normally trained twins of the same architecture through box plots per depth bin;
-it reports no test or interval. This module adds them:
-
-* layers of each pair are matched by name when both models have the same layers
-  (``match="name"``), otherwise by depth bin (``match="depth"``: the paper's per-bin
-  aggregates are compared);
-* per metric: mean and median difference (``a - b``), a paired Wilcoxon signed-rank test
-  over the matched units and one over the pairs, a Mann-Whitney U test between the
-  groups, effect sizes (rank-biserial, Cliff's delta) and a seeded bootstrap interval;
-* per depth bin: the same, and which bins differ most.
+They hold results and print them; the statistics come from
+[`filterstats.compare.statistics`][filterstats.compare.statistics], computed once by
+[`compare`][filterstats.compare] (a ``repr`` never runs a bootstrap).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
-from torch import Tensor, nn
 
-from filterstats import metric_table
 from filterstats._checks import check_choice
 from filterstats._optional import require
-from filterstats._stats import bootstrap_mean_ci, mann_whitney, paired_wilcoxon
+from filterstats._stats import mann_whitney, paired_wilcoxon
 from filterstats._tables import RowTable
 from filterstats._text import fmt, render_table
+from filterstats.compare.statistics import check_boot, paired_statistics
 from filterstats.depth_bins import (
     DepthProfile,
     aggregate_rows,
@@ -38,7 +27,6 @@ from filterstats.depth_bins import (
     depth_bin_labels,
     depth_profile,
 )
-from filterstats.layers import FilterSet
 from filterstats.results import FilterReport
 
 __all__ = [
@@ -48,17 +36,12 @@ __all__ = [
     "DepthDifference",
     "MatchRow",
     "MetricDifference",
-    "compare",
+    "Twins",
+    "Unit",
 ]
 
-logger = logging.getLogger(__name__)
-
-Match = Literal["auto", "name", "depth"]
 Twins = Literal["per_pair", "unique"]
 Unit = Literal["auto", "pair", "layer"]
-
-#: The metrics compared by default: those the metric table marks ``default``.
-DEFAULT_METRICS = metric_table.default_metrics()
 
 
 # --------------------------------------------------------------------------- rows
@@ -306,6 +289,9 @@ class Comparison:
         n_boot: Bootstrap resamples.
         confidence: Interval coverage.
         seed: Seed of the bootstrap generator.
+        default_summary: The summary with the comparison's own options, computed once by
+            [`compare`][filterstats.compare] (``summary()`` returns it, ``repr`` prints it).
+        default_depth: The depth table with the comparison's own options, computed once.
     """
 
     labels: tuple[str, str]
@@ -324,6 +310,8 @@ class Comparison:
     n_boot: int = 2000
     confidence: float = 0.95
     seed: int = 0
+    default_summary: ComparisonSummary | None = None
+    default_depth: DepthComparison | None = None
 
     # ------------------------------------------------------------------ groups
     def group(self, which: int | str, *, twins: Twins | None = None) -> tuple[FilterReport, ...]:
@@ -414,6 +402,9 @@ class Comparison:
         Returns:
             A [`ComparisonSummary`][filterstats.compare.ComparisonSummary].
         """
+        defaults = (n_boot, confidence, seed) == (None, None, None)
+        if defaults and self.default_summary is not None:
+            return self.default_summary
         n_boot, confidence = self._boot_options(n_boot, confidence)
         generator = self._generator(seed)
         rows = []
@@ -424,7 +415,7 @@ class Comparison:
             keep = np.isfinite(a) & np.isfinite(b)
             a, b = a[keep], b[keep]
             pair_ids = np.array([u.pair for u in units], dtype=np.int64)[keep]
-            stats = _paired_statistics(
+            stats = paired_statistics(
                 a,
                 b,
                 pair_ids if len(self.pairs) >= 2 else None,
@@ -462,7 +453,7 @@ class Comparison:
     def _boot_options(self, n_boot: int | None, confidence: float | None) -> tuple[int, float]:
         n_boot = self.n_boot if n_boot is None else n_boot
         confidence = self.confidence if confidence is None else confidence
-        _check_boot(n_boot, confidence)
+        check_boot(n_boot, confidence)
         return n_boot, confidence
 
     # ----------------------------------------------------------------- by depth
@@ -493,6 +484,9 @@ class Comparison:
             A [`DepthComparison`][filterstats.compare.DepthComparison].
         """
         check_choice("unit", unit, ("auto", "pair", "layer"))
+        defaults = (bins, unit, n_boot, confidence, seed) == (None, "auto", None, None, None)
+        if defaults and self.default_depth is not None:
+            return self.default_depth
         if unit == "auto":
             unit = "pair" if len(self.pairs) >= 2 or self.match != "name" else "layer"
         if unit == "layer" and self.match != "name":
@@ -539,7 +533,7 @@ class Comparison:
                 keep = np.isfinite(a) & np.isfinite(b)
                 a, b, clusters = a[keep], b[keep], clusters[keep]
                 cluster = unit == "layer" and np.unique(clusters).size >= 2
-                stats = _paired_statistics(
+                stats = paired_statistics(
                     a,
                     b,
                     clusters if cluster else None,
@@ -612,322 +606,8 @@ class Comparison:
         if self.unmatched:
             lines.append(f"unmatched: {'; '.join(self.unmatched[:5])}"
                          + (" ..." if len(self.unmatched) > 5 else ""))  # fmt: skip
-        lines.append(repr(self.summary()))
-        return "\n".join(lines)
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(values.mean()) if values.size else math.nan
-
-
-def _paired_statistics(
-    a: np.ndarray,
-    b: np.ndarray,
-    clusters: np.ndarray | None,
-    *,
-    n_boot: int,
-    confidence: float,
-    generator: np.random.Generator,
-) -> dict[str, float]:
-    """Means of both sides, the mean/median of ``a - b``, its bootstrap CI, Wilcoxon."""
-    d = a - b
-    test = paired_wilcoxon(d)
-    low, high = bootstrap_mean_ci(
-        d, clusters, n_boot=n_boot, confidence=confidence, generator=generator
-    )
-    return {
-        "mean_a": _mean(a),
-        "mean_b": _mean(b),
-        "mean_diff": _mean(d),
-        "median_diff": float(np.median(d)) if d.size else math.nan,
-        "ci_low": low,
-        "ci_high": high,
-        "wilcoxon_p": test.pvalue,
-        "rank_biserial": test.rank_biserial,
-    }
-
-
-def _check_boot(n_boot: int, confidence: float) -> None:
-    if not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"`n_boot` must be a positive integer, got {n_boot!r}.")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"`confidence` must lie in (0, 1), e.g. 0.95, got {confidence!r}.")
-
-
-# ------------------------------------------------------------------------- inputs
-
-
-def _relabel(report: FilterReport, label: str) -> FilterReport:
-    if report.models == (label,):
-        return report
-    return FilterReport(tuple(replace(r, model=label) for r in report.rows), report.params)
-
-
-def _resolve_group(group: Any, name: str, analyze_kwargs: Mapping[str, Any]) -> list[FilterReport]:
-    from filterstats.analysis import analyze
-
-    items = list(group) if isinstance(group, (list, tuple)) else [group]
-    if not items:
-        raise ValueError(f"group {name!r} is empty: pass at least one model or report.")
-    many = len(items) > 1
-    cache: dict[int, list[FilterReport]] = {}  # one analysis per object, however often listed
-    reports: list[FilterReport] = []
-    for i, item in enumerate(items):
-        if id(item) not in cache:
-            if isinstance(item, FilterReport):
-                cache[id(item)] = _split(item)
-            elif isinstance(item, (nn.Module, FilterSet, Mapping, Tensor, str, os.PathLike)):
-                label = f"{name}[{i}]" if many else name
-                cache[id(item)] = [analyze(item, label=label, **analyze_kwargs)]
-            else:
-                raise TypeError(
-                    f"`{name}` items must be models (anything extract_filters takes: modules, "
-                    f"state dicts, paths or spec strings, FilterSets), FilterReports or lists "
-                    f"of them, got {type(item).__name__} at position {i}."
-                )
-        reports.extend(cache[id(item)])
-    return reports
-
-
-def _split(report: FilterReport) -> list[FilterReport]:
-    models = report.models
-    if len(models) <= 1:
-        return [report]
-    return [
-        FilterReport(tuple(r for r in report.rows if r.model == m), report.params) for m in models
-    ]
-
-
-def _uniquify(groups: list[list[FilterReport]]) -> list[list[FilterReport]]:
-    """Different reports with the same label get ``#2``, ``#3``...; a repeated one keeps it."""
-    owner: dict[str, int] = {}
-    renamed: dict[int, FilterReport] = {}
-    result = []
-    for reports in groups:
-        out = []
-        for report in reports:
-            if id(report) in renamed:
-                out.append(renamed[id(report)])
-                continue
-            label = report.models[0] if report.models else "model"
-            new, n = label, 1
-            while new in owner and owner[new] != id(report):
-                n += 1
-                new = f"{label}#{n}"
-            owner[new] = id(report)
-            renamed[id(report)] = _relabel(report, new)
-            out.append(renamed[id(report)])
-        result.append(out)
-    return result
-
-
-def _resolve_pairs(
-    pairs: Sequence[tuple[int | str, int | str]] | None,
-    a: list[FilterReport],
-    b: list[FilterReport],
-) -> tuple[tuple[int, int], ...]:
-    if pairs is None:
-        if len(a) == len(b):
-            return tuple((i, i) for i in range(len(a)))
-        if len(b) == 1:
-            return tuple((i, 0) for i in range(len(a)))
-        if len(a) == 1:
-            return tuple((0, j) for j in range(len(b)))
-        raise ValueError(
-            f"groups of {len(a)} and {len(b)} models cannot be paired automatically; pass "
-            "`pairs=[(index_in_a, index_in_b), ...]` (indices or model labels)."
-        )
-    names_a = [r.models[0] for r in a]
-    names_b = [r.models[0] for r in b]
-    resolved = []
-    for k, pair in enumerate(pairs):
-        if len(pair) != 2:
-            raise ValueError(f"`pairs[{k}]` must be (a, b), got {pair!r}.")
-        i = _index(pair[0], names_a, "a", k)
-        j = _index(pair[1], names_b, "b", k)
-        resolved.append((i, j))
-    if not resolved:
-        raise ValueError("`pairs` is empty: give at least one (a, b) pair.")
-    return tuple(resolved)
-
-
-def _index(key: int | str, names: list[str], side: str, k: int) -> int:
-    if isinstance(key, str):
-        if key not in names:
-            raise ValueError(f"`pairs[{k}]`: no model {key!r} in group {side}; have {names}.")
-        return names.index(key)
-    if not 0 <= int(key) < len(names):
-        raise ValueError(
-            f"`pairs[{k}]`: index {key} out of range for group {side} of {len(names)} models."
-        )
-    return int(key)
-
-
-def _signature(report: FilterReport) -> frozenset[tuple[Any, ...]]:
-    """Layer names and weight shapes: what every door knows (groups: not state dicts)."""
-    return frozenset(
-        (r.layer, r.out_channels, (r.in_channels or 0) // (r.groups or 1), r.kernel_size)
-        for r in report.measured
-    )
-
-
-def _match_by_name(
-    p: int, ra: FilterReport, rb: FilterReport, metrics: Sequence[str]
-) -> tuple[list[MatchRow], list[str]]:
-    a_rows = {r.layer: r for r in ra.measured}
-    b_rows = {r.layer: r for r in rb.measured}
-    label_a, label_b = ra.models[0], rb.models[0]
-    rows = []
-    for name, row_a in a_rows.items():
-        row_b = b_rows.get(name)
-        if row_b is None:
-            continue
-        for metric in metrics:
-            rows.append(
-                MatchRow(p, label_a, label_b, name,
-                         -1 if row_a.conv_depth is None else row_a.conv_depth,
-                         row_a.conv_depth_norm, metric, getattr(row_a, metric),
-                         getattr(row_b, metric))
-            )  # fmt: skip
-    missing = [f"pair {p}: {n} only in {label_a}" for n in a_rows if n not in b_rows]
-    missing += [f"pair {p}: {n} only in {label_b}" for n in b_rows if n not in a_rows]
-    return rows, missing
-
-
-def _match_by_depth(
-    p: int, ra: FilterReport, rb: FilterReport, metrics: Sequence[str], options: dict[str, Any]
-) -> tuple[list[MatchRow], list[str]]:
-    prof_a = {r.bin: r for r in depth_profile(ra, **options)}
-    prof_b = {r.bin: r for r in depth_profile(rb, **options)}
-    label_a, label_b = ra.models[0], rb.models[0]
-    rows = []
-    for label, row_a in prof_a.items():
-        row_b = prof_b.get(label)
-        if row_b is None:
-            continue
-        depth = 0.5 * (row_a.conv_depth_norm + row_b.conv_depth_norm)
-        conv_depth = 0 if label == "first" else -1
-        for metric in metrics:
-            rows.append(
-                MatchRow(p, label_a, label_b, label, conv_depth, depth, metric,
-                         getattr(row_a, metric), getattr(row_b, metric))
-            )  # fmt: skip
-    missing = [f"pair {p}: bin {b} only in {label_a}" for b in prof_a if b not in prof_b]
-    missing += [f"pair {p}: bin {b} only in {label_b}" for b in prof_b if b not in prof_a]
-    return rows, missing
-
-
-def compare(
-    a: Any,
-    b: Any,
-    *,
-    labels: tuple[str, str] = ("robust", "normal"),
-    pairs: Sequence[tuple[int | str, int | str]] | None = None,
-    match: Match = "auto",
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    twins: Twins = "per_pair",
-    bins: int = 10,
-    first_bin: bool = True,
-    include_lowest: bool = False,
-    nan_in_denominator: bool = False,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    **analyze_kwargs: Any,
-) -> Comparison:
-    """Compare the filters of two models, or of two groups of models.
-
-    Each side is a model, a [`FilterSet`][filterstats.FilterSet], a
-    [`FilterReport`][filterstats.FilterReport] (one model, or several concatenated),
-    or a list of these. Models are analysed with
-    [`analyze`][filterstats.analyze] (``**analyze_kwargs`` go there). The same
-    object listed several times (a normal twin shared by several robust models) is
-    analysed once.
-
-    Args:
-        a: First group (the paper's robust models). Differences are ``a - b``.
-        b: Second group (the normally trained twins).
-        labels: Names of the two groups.
-        pairs: ``(a, b)`` pairs as indices or model labels. Default: position by
-            position for groups of equal size, or everything against a single model.
-        match: ``"name"``: match layers by module path (same architecture);
-            ``"depth"``: match depth bins (the paper's aggregates); ``"auto"``: by
-            name when every pair has identical layers (names and shapes), else by
-            depth. The choice is logged and stored in ``Comparison.match``.
-        metrics: Columns to compare: pooled metrics of
-            [`filterstats.metric_table`][filterstats.metric_table] (default: the
-            paper's three).
-        twins: ``"per_pair"``: a model in several pairs counts once per pair in the
-            group-level statistics and profiles (the paper); ``"unique"``: once.
-        bins: Number of normalised-depth bins (10: the paper's deciles).
-        first_bin: Give the first conv depth its own bin (paper).
-        include_lowest: Close the lowest bin on the left (CNN Filter DB).
-        nan_in_denominator: Reproduce the paper's bug 4 in the aggregation.
-        n_boot: Bootstrap resamples for the intervals.
-        confidence: Interval coverage.
-        seed: Seed of the bootstrap generator: results are deterministic.
-        **analyze_kwargs: Options for ``analyze`` (``eps``, ``definition``, ...).
-
-    Returns:
-        A [`Comparison`][filterstats.Comparison]: ``.summary()``, ``.by_depth()``,
-        ``.plot()``, ``.to_pandas()``.
-
-    Examples:
-        >>> import torch, filterstats as fs
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
-        >>> make = lambda: torch.nn.Sequential(*[torch.nn.Conv2d(8, 8, 3) for _ in range(4)])
-        >>> cmp = fs.compare(make(), make())
-        >>> cmp.match, len(cmp.pairs)
-        ('name', 1)
-    """
-    check_choice("match", match, ("auto", "name", "depth"))
-    check_choice("twins", twins, ("per_pair", "unique"))
-    _check_boot(n_boot, confidence)
-    pooled = metric_table.aggregated_metrics()
-    unknown = [m for m in metrics if m not in pooled]
-    if unknown or not metrics:
-        raise ValueError(f"`metrics` must be a non-empty subset of {pooled}, got {metrics!r}.")
-    if len(labels) != 2 or labels[0] == labels[1]:
-        raise ValueError(f"`labels` must be two different names, got {labels!r}.")
-    group_a = _resolve_group(a, labels[0], analyze_kwargs)
-    group_b = _resolve_group(b, labels[1], analyze_kwargs)
-    group_a, group_b = _uniquify([group_a, group_b])
-    resolved = _resolve_pairs(pairs, group_a, group_b)
-    same = all(_signature(group_a[i]) == _signature(group_b[j]) for i, j in resolved)
-    used = match if match != "auto" else ("name" if same else "depth")
-    logger.info("compare: layers matched by %s (%d pairs)", used, len(resolved))
-    options = {"bins": bins, "first_bin": first_bin, "include_lowest": include_lowest,
-               "nan_in_denominator": nan_in_denominator}  # fmt: skip
-    matched: list[MatchRow] = []
-    unmatched: list[str] = []
-    for p, (i, j) in enumerate(resolved):
-        if used == "name":
-            rows, missing = _match_by_name(p, group_a[i], group_b[j], metrics)
-            if not rows:
-                raise ValueError(
-                    f"pair {p} ({group_a[i].models[0]}, {group_b[j].models[0]}) has no layer "
-                    "name in common; use match='depth' for different architectures."
-                )
+        if self.default_summary is None:
+            lines.append("summary not computed: call .summary()")
         else:
-            rows, missing = _match_by_depth(p, group_a[i], group_b[j], metrics, options)
-        matched.extend(rows)
-        unmatched.extend(missing)
-    return Comparison(
-        labels=(str(labels[0]), str(labels[1])),
-        reports_a=tuple(group_a),
-        reports_b=tuple(group_b),
-        pairs=resolved,
-        match=used,
-        matched=tuple(matched),
-        unmatched=tuple(unmatched),
-        metrics=tuple(metrics),
-        twins=twins,
-        bins=bins,
-        first_bin=first_bin,
-        include_lowest=include_lowest,
-        nan_in_denominator=nan_in_denominator,
-        n_boot=n_boot,
-        confidence=confidence,
-        seed=seed,
-    )
+            lines.append(repr(self.default_summary))
+        return "\n".join(lines)
