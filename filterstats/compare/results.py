@@ -7,19 +7,24 @@ They hold results and print them; the statistics come from
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 
 from filterstats._checks import check_choice
+from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
-from filterstats._stats import mann_whitney, paired_wilcoxon
-from filterstats._tables import RowTable
+from filterstats._stats import holm
+from filterstats._tables import RowTable, html_table
 from filterstats._text import fmt, render_table
-from filterstats.compare.statistics import check_boot, paired_statistics
+from filterstats._warnings import FilterStatsWarning
+from filterstats.compare.statistics import check_boot, infer, nan_clean
 from filterstats.depth_bins import (
     DepthProfile,
     aggregate_rows,
@@ -36,6 +41,7 @@ __all__ = [
     "DepthDifference",
     "MatchRow",
     "MetricDifference",
+    "Ranking",
     "Twins",
     "Unit",
 ]
@@ -81,24 +87,44 @@ class MatchRow:
 
 @dataclass(frozen=True)
 class MetricDifference:
-    """Group difference of one metric (``a - b``).
+    """Group difference of one metric (``a - b``), over all depths.
+
+    The headline fields (``mean_diff`` to ``signs``) are inference over model pairs
+    (or models); the ``unit_*``, ``median_diff``, ``wilcoxon_p`` and
+    ``rank_biserial`` fields pool the layers of all pairs and are descriptive.
 
     Attributes:
         metric: Metric name.
-        n_pairs: Model pairs.
-        n_units: Matched units (layers or bins) with a finite difference.
-        mean_a: Mean over the matched units of group ``a``.
-        mean_b: Mean over the matched units of group ``b``.
-        mean_diff: Mean of the unit differences.
-        median_diff: Median of the unit differences.
-        ci_low: Lower bootstrap bound of ``mean_diff``.
-        ci_high: Upper bootstrap bound of ``mean_diff``.
-        wilcoxon_p: Paired Wilcoxon signed-rank p-value over the matched units.
-        rank_biserial: Matched-pairs rank-biserial correlation of the units, [-1, 1].
-        pair_wilcoxon_p: Paired Wilcoxon p-value over the pairs' model-level values
-            (NaN for one pair).
-        mannwhitney_p: Mann-Whitney U p-value between the groups' model-level values.
-        cliffs_delta: Cliff's delta of the model-level values, [-1, 1].
+        n_pairs: Model pairs with data.
+        n_units: Matched units (layers or bins) with both values, over all pairs.
+        mean_a: Mean of group ``a``: over pairs of each pair's mean (paired), or over
+            the models of ``a`` of each model's mean (unpaired).
+        mean_b: The same for group ``b``.
+        mean_diff: Headline difference: mean over pairs of the pair-level mean
+            difference (paired), or ``mean_a - mean_b`` over models (unpaired).
+        ci_low: Lower bound of the hierarchical bootstrap interval of ``mean_diff``
+            (resample pairs or models, then units within them); NaN with one pair.
+        ci_high: Upper bound.
+        p_value: Headline test: two-sided Wilcoxon signed-rank over the pair-level
+            differences (paired) or Mann-Whitney U over the model values (unpaired);
+            NaN with one pair.
+        p_holm: ``p_value`` Holm-adjusted over every test of the table.
+        n_positive: Pairs (paired) or model pairings (unpaired) with ``a > b``.
+        n_negative: Those with ``a < b``.
+        n_compared: Pairs or model pairings compared.
+        signs: The sign count as text, e.g. ``"robust > normal in 5 of 5 pairs"``.
+        unit_mean_diff: Descriptive: mean of the pooled unit differences.
+        median_diff: Descriptive: median of the pooled unit differences.
+        unit_ci_low: Descriptive: bootstrap interval of ``unit_mean_diff`` resampling
+            single units (they are not independent: no inference).
+        unit_ci_high: Upper bound.
+        wilcoxon_p: Descriptive: Wilcoxon signed-rank over the pooled units.
+        rank_biserial: Descriptive: matched-pairs rank-biserial correlation of the
+            units, [-1, 1].
+        pair_wilcoxon_p: Wilcoxon signed-rank over the pair-level differences (NaN
+            for one pair).
+        mannwhitney_p: Mann-Whitney U between the model values of the groups.
+        cliffs_delta: Cliff's delta of the model values, [-1, 1].
     """
 
     metric: str
@@ -107,9 +133,18 @@ class MetricDifference:
     mean_a: float
     mean_b: float
     mean_diff: float
-    median_diff: float
     ci_low: float
     ci_high: float
+    p_value: float
+    p_holm: float
+    n_positive: int
+    n_negative: int
+    n_compared: int
+    signs: str
+    unit_mean_diff: float
+    median_diff: float
+    unit_ci_low: float
+    unit_ci_high: float
     wilcoxon_p: float
     rank_biserial: float
     pair_wilcoxon_p: float
@@ -125,46 +160,266 @@ class DepthDifference:
         metric: Metric name.
         bin: Depth bin label.
         bin_index: Position of the bin in depth order.
-        n: Units (pairs or layers) in the bin with both values.
-        mean_a: Mean of group ``a``'s values.
-        mean_b: Mean of group ``b``'s values.
-        mean_diff: Mean difference.
-        median_diff: Median difference.
-        ci_low: Lower bootstrap bound of ``mean_diff``.
-        ci_high: Upper bootstrap bound of ``mean_diff``.
-        wilcoxon_p: Paired Wilcoxon signed-rank p-value.
-        rank_biserial: Matched-pairs rank-biserial correlation.
+        n: Units (per-pair bin aggregates, or layers) in the bin with both values.
+        n_pairs: Model pairs with data.
+        n_units: Matched units (layers or bins) with both values, over all pairs.
+        mean_a: Mean of group ``a``: over pairs of each pair's mean (paired), or over
+            the models of ``a`` of each model's mean (unpaired).
+        mean_b: The same for group ``b``.
+        mean_diff: Headline difference: mean over pairs of the pair-level mean
+            difference (paired), or ``mean_a - mean_b`` over models (unpaired).
+        ci_low: Lower bound of the hierarchical bootstrap interval of ``mean_diff``
+            (resample pairs or models, then units within them); NaN with one pair.
+        ci_high: Upper bound.
+        p_value: Headline test: two-sided Wilcoxon signed-rank over the pair-level
+            differences (paired) or Mann-Whitney U over the model values (unpaired);
+            NaN with one pair.
+        p_holm: ``p_value`` Holm-adjusted over every test of the table.
+        n_positive: Pairs (paired) or model pairings (unpaired) with ``a > b``.
+        n_negative: Those with ``a < b``.
+        n_compared: Pairs or model pairings compared.
+        signs: The sign count as text, e.g. ``"robust > normal in 5 of 5 pairs"``.
+        unit_mean_diff: Descriptive: mean of the pooled unit differences.
+        median_diff: Descriptive: median of the pooled unit differences.
+        unit_ci_low: Descriptive: bootstrap interval of ``unit_mean_diff`` resampling
+            single units (they are not independent: no inference).
+        unit_ci_high: Upper bound.
+        wilcoxon_p: Descriptive: Wilcoxon signed-rank over the pooled units.
+        rank_biserial: Descriptive: matched-pairs rank-biserial correlation of the
+            units, [-1, 1].
+        pair_wilcoxon_p: Wilcoxon signed-rank over the pair-level differences (NaN
+            for one pair).
+        mannwhitney_p: Mann-Whitney U between the model values of the groups.
+        cliffs_delta: Cliff's delta of the model values, [-1, 1].
     """
 
     metric: str
     bin: str
     bin_index: int
     n: int
+    n_pairs: int
+    n_units: int
     mean_a: float
     mean_b: float
     mean_diff: float
-    median_diff: float
     ci_low: float
     ci_high: float
+    p_value: float
+    p_holm: float
+    n_positive: int
+    n_negative: int
+    n_compared: int
+    signs: str
+    unit_mean_diff: float
+    median_diff: float
+    unit_ci_low: float
+    unit_ci_high: float
     wilcoxon_p: float
     rank_biserial: float
+    pair_wilcoxon_p: float
+    mannwhitney_p: float
+    cliffs_delta: float
+
+
+class Ranking(tuple):  # type: ignore[type-arg]
+    """Bin labels, largest absolute difference first, with why and which are tied.
+
+    A plain tuple of bin labels (``set(ranking)``, ``ranking[0]``) with two attributes:
+    ``reason`` (why bins were left out, or why none is ranked) and ``ties`` (groups of
+    ranked bins with exactly the same absolute difference, whose order is arbitrary).
+    """
+
+    reason: str
+    ties: tuple[tuple[str, ...], ...]
+
+    def __new__(
+        cls, labels: Sequence[str], reason: str = "", ties: Sequence[tuple[str, ...]] = ()
+    ) -> Ranking:
+        """Build from the labels, the reason and the tied groups."""
+        self = super().__new__(cls, labels)
+        self.reason = reason
+        self.ties = tuple(ties)
+        return self
+
+
+def _provenance_line(provenance: Mapping[str, Any]) -> str:
+    keys = ("definition", "eps", "kernel_size", "twins", "bins", "match", "design",
+            "n_pairs", "n_models_a", "n_models_b", "n_boot", "seed", "multiplicity",
+            "version")  # fmt: skip
+    return "how: " + ", ".join(f"{k}={provenance[k]}" for k in keys if k in provenance)
+
+
+class _ProvenanceTable(RowTable):
+    """Exports that carry how the table was made (``provenance``) and group labels.
+
+    CSV: a leading ``# filterstats {json}`` comment line (read with ``skiprows=1`` or
+    ``comment="#"``); JSON: ``{"filterstats": provenance, "rows": [...]}``; pandas:
+    ``frame.attrs["filterstats"]``; Parquet: the schema metadata key ``filterstats``.
+    The columns ``mean_a``/``mean_b`` are named after the groups (``mean_robust``).
+    """
+
+    labels: tuple[str, str]
+    provenance: Mapping[str, Any]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Column names of the exported table, in order (group labels for the means)."""
+        names = [f.name for f in fields(self._row_type)]
+        renamed = self._renamed(names)
+        return tuple(renamed.get(n, n) for n in names)
+
+    def _renamed(self, names: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for field_name, label in zip(("mean_a", "mean_b"), self.labels):
+            new = f"mean_{label}"
+            if new in names or new in out.values():
+                new = f"{field_name}_{label}"
+            out[field_name] = new
+        return out
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Rows as plain dicts, the means named after the groups (``mean_robust``).
+
+        Returns:
+            One dict per row, keys in column order.
+        """
+        records = [asdict(row) for row in self.rows]
+        if not records:
+            return records
+        renamed = self._renamed(list(records[0]))
+        return [{renamed.get(k, k): v for k, v in r.items()} for r in records]
+
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write (or return) the table as CSV, provenance in a leading comment line.
+
+        Args:
+            path: File to write (atomically); ``None`` returns the text only.
+
+        Returns:
+            The CSV text: ``# filterstats {json}``, the header, one line per row.
+        """
+        text = "# filterstats " + json.dumps(_jsonable(self.provenance), sort_keys=True) + "\n"
+        text += RowTable.to_csv(self)
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write (or return) ``{"filterstats": provenance, "rows": [...]}``; NaN as null.
+
+        Args:
+            path: File to write (atomically); ``None`` returns the text only.
+
+        Returns:
+            The JSON text.
+        """
+        payload = {
+            "filterstats": _jsonable(self.provenance),
+            "rows": json.loads(RowTable.to_json(self)),
+        }
+        text = json.dumps(payload, indent=1, allow_nan=False)
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_pandas(self) -> Any:
+        """Rows as a pandas DataFrame, provenance in ``frame.attrs["filterstats"]``.
+
+        Returns:
+            A DataFrame with one row per row of the table.
+        """
+        frame = RowTable.to_pandas(self)
+        frame.attrs["filterstats"] = _jsonable(self.provenance)
+        return frame
+
+    def to_parquet(self, path: str | os.PathLike[str]) -> None:
+        """Write the table as Parquet (needs ``filterstats[pandas]``).
+
+        How it was made goes into the schema metadata (key ``filterstats``, JSON).
+
+        Args:
+            path: File to write (atomically).
+        """
+        pa = require("pyarrow", extra="pandas")
+        pq = require("pyarrow.parquet", extra="pandas")
+        table = pa.Table.from_pandas(RowTable.to_pandas(self), preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[b"filterstats"] = json.dumps(_jsonable(self.provenance)).encode()
+        table = table.replace_schema_metadata(meta)
+        with atomic_target(path) as temporary:
+            pq.write_table(table, temporary)
+
+    def _repr_html_(self) -> str:
+        """The table as HTML; its title and provenance as the caption."""
+        caption = " | ".join(repr(self).split("\n", 2)[:2])
+        return html_table(self.to_records(), self.columns, caption=caption)
+
+
+def _jsonable(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in provenance.items()}
+
+
+def _headline_lines(rows: Sequence[Any], first: Sequence[list[str]]) -> list[list[str]]:
+    return [
+        [*cells, fmt(r.mean_a), fmt(r.mean_b), fmt(r.mean_diff),
+         f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt(r.p_value), fmt(r.p_holm), r.signs]
+        for cells, r in zip(first, rows)
+    ]  # fmt: skip
+
+
+def _headline_head(labels: tuple[str, str], confidence: float, design: str) -> list[str]:
+    a, b = labels
+    over = "pairs" if design == "paired" else "models"
+    return [f"mean {a}", f"mean {b}", "diff", f"{confidence:.0%} CI ({over})", f"p ({over})",
+            "p Holm", "sign count"]  # fmt: skip
+
+
+def _headline_title(design: str, n_pairs: int) -> str:
+    if design == "paired":
+        return (
+            f"unit of inference: model pair ({n_pairs}); interval: hierarchical bootstrap "
+            "(pairs, then units); test: Wilcoxon signed-rank of pair mean differences "
+            f"(smallest attainable p with {n_pairs} pairs: {2 / 2**n_pairs:.4g})"
+        )
+    return (
+        "unit of inference: model (unpaired); interval: hierarchical bootstrap (models, "
+        "then units); test: Mann-Whitney U of model means"
+    )
+
+
+def _one_pair_note(labels: tuple[str, str]) -> str:
+    return (
+        f"One pair: no inference across models is possible (a {labels[0]} and a "
+        f"{labels[1]} model); the differences and signs below describe these two models only."
+    )
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class ComparisonSummary(RowTable):
+class ComparisonSummary(_ProvenanceTable):
     """Per-metric differences between the groups; prints as a table.
+
+    Printed: the headline (over pairs or models) first, then the descriptive statistics
+    over pooled layers; with one pair, a note that no inference across models is
+    possible and the per-unit differences with their signs.
 
     Attributes:
         rows: One [`MetricDifference`][filterstats.compare.MetricDifference] per metric.
         labels: Group labels ``(a, b)``; differences are ``a - b``.
         match: ``"name"`` (matched layers) or ``"depth"`` (matched depth bins).
         confidence: Coverage of the bootstrap intervals.
+        design: ``"paired"`` or ``"unpaired"``.
+        provenance: How it was made (definition, eps, kernel selection, twins, bins,
+            pairs and models, bootstrap, seed, library version).
+        per_unit: With one pair: its matched units (every metric), else empty.
     """
 
     rows: tuple[MetricDifference, ...]
     labels: tuple[str, str]
     match: str
     confidence: float
+    design: str = "paired"
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    per_unit: tuple[MatchRow, ...] = ()
     _row_type = MetricDifference
 
     def __getitem__(self, metric: str | int) -> MetricDifference:
@@ -177,28 +432,69 @@ class ComparisonSummary(RowTable):
 
     def __repr__(self) -> str:
         a, b = self.labels
-        head = ["metric", f"mean {a}", f"mean {b}", "diff", f"{self.confidence:.0%} CI",
-                "median", "p (units)", "p (pairs)", "p (MWU)", "r_rb", "units"]  # fmt: skip
-        lines = [
-            [r.metric, fmt(r.mean_a), fmt(r.mean_b), fmt(r.mean_diff),
-             f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt(r.median_diff), fmt(r.wilcoxon_p),
-             fmt(r.pair_wilcoxon_p), fmt(r.mannwhitney_p), fmt(r.rank_biserial, 2),
-             str(r.n_units)]
-            for r in self.rows
-        ]  # fmt: skip
         unit = "layers" if self.match == "name" else "depth bins"
         n_pairs = self.rows[0].n_pairs if self.rows else 0
-        title = (
-            f"Comparison {a} - {b}: {n_pairs} pair(s), units = matched {unit}; "
-            "Wilcoxon signed-rank (units, pairs), Mann-Whitney U (groups), "
-            "rank-biserial r"
+        title = f"Comparison {a} - {b}: {n_pairs} pair(s), units = matched {unit}"
+        parts = [title, _provenance_line(self.provenance)]
+        if n_pairs >= 2:
+            parts.append(
+                render_table(
+                    _headline_title(self.design, n_pairs),
+                    ["metric", *_headline_head(self.labels, self.confidence, self.design)],
+                    _headline_lines(self.rows, [[r.metric] for r in self.rows]),
+                )
+            )
+        else:
+            parts.append(_one_pair_note(self.labels))
+        head = ["metric", "units", "mean diff", "median", f"{self.confidence:.0%} CI (units)",
+                "p (units)", "r_rb"]  # fmt: skip
+        lines = [
+            [r.metric, str(r.n_units), fmt(r.unit_mean_diff), fmt(r.median_diff),
+             f"[{fmt(r.unit_ci_low)}, {fmt(r.unit_ci_high)}]", fmt(r.wilcoxon_p),
+             fmt(r.rank_biserial, 2)]
+            for r in self.rows
+        ]  # fmt: skip
+        parts.append(
+            render_table(
+                f"descriptive, {unit} of all pairs pooled (not independent: no inference); "
+                "Wilcoxon signed-rank, rank-biserial r",
+                head,
+                lines,
+            )
         )
-        return render_table(title, head, lines)
+        if self.per_unit:
+            lines = [
+                [u.metric, u.unit, fmt(u.a), fmt(u.b), fmt(u.difference),
+                 _sign(u.difference, self.labels)]
+                for u in self.per_unit
+            ]  # fmt: skip
+            parts.append(
+                render_table(
+                    f"per-{unit[:-1]} differences {a} - {b} (descriptive)",
+                    ["metric", "unit", a, b, "diff", "sign"],
+                    lines,
+                )
+            )
+        return "\n".join(parts)
+
+
+def _sign(difference: float, labels: tuple[str, str]) -> str:
+    if not math.isfinite(difference):
+        return ""
+    if difference > 0:
+        return f"{labels[0]} > {labels[1]}"
+    if difference < 0:
+        return f"{labels[0]} < {labels[1]}"
+    return "="
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class DepthComparison(RowTable):
+class DepthComparison(_ProvenanceTable):
     """Per-depth-bin differences between the groups; prints as a table.
+
+    Printed: the headline per bin (over pairs or models, Holm-adjusted p over every
+    metric and bin of the table) first; with layers as units, the descriptive
+    statistics over pooled layers after it.
 
     Attributes:
         rows: One [`DepthDifference`][filterstats.compare.DepthDifference] per metric
@@ -208,6 +504,8 @@ class DepthComparison(RowTable):
         unit: ``"pair"`` (per-pair aggregates, the paper's) or ``"layer"`` (matched
             layers).
         confidence: Coverage of the bootstrap intervals.
+        design: ``"paired"`` or ``"unpaired"``.
+        provenance: How it was made.
     """
 
     rows: tuple[DepthDifference, ...]
@@ -215,6 +513,8 @@ class DepthComparison(RowTable):
     bins: tuple[str, ...]
     unit: str
     confidence: float
+    design: str = "paired"
+    provenance: Mapping[str, Any] = field(default_factory=dict)
     _row_type = DepthDifference
 
     def __getitem__(self, index: int) -> DepthDifference:
@@ -231,32 +531,118 @@ class DepthComparison(RowTable):
         """
         return tuple(r for r in self.rows if r.metric == metric)
 
-    def most_different(self, metric: str, k: int = 3) -> tuple[str, ...]:
-        """The ``k`` bins with the largest absolute mean difference of a metric.
+    def most_different(self, metric: str, k: int = 3) -> Ranking:
+        """The ``k`` bins with the largest absolute mean difference whose interval excludes 0.
+
+        Only bins whose headline interval (over pairs or models) excludes 0 are ranked:
+        with one pair there is no such interval and nothing is ranked. Bins with exactly
+        the same absolute difference are reported in ``ties`` (their order is by depth
+        and means nothing). An empty ranking, or a tie, warns with the reason.
 
         Args:
             metric: Metric name.
             k: How many bins.
 
         Returns:
-            Bin labels, largest difference first; bins without data are left out.
+            A [`Ranking`][filterstats.compare.results.Ranking]: bin labels, largest
+            difference first, with ``reason`` and ``ties``.
         """
-        rows = [r for r in self.metric(metric) if math.isfinite(r.mean_diff)]
-        rows.sort(key=lambda r: (-abs(r.mean_diff), r.bin_index))
-        return tuple(r.bin for r in rows[:k])
+        if metric not in {r.metric for r in self.rows}:
+            raise ValueError(
+                f"`metric` must be one of the compared metrics "
+                f"{sorted({r.metric for r in self.rows})}, got {metric!r}."
+            )
+        rows = self.metric(metric)
+        with_ci = [r for r in rows if math.isfinite(r.ci_low) and math.isfinite(r.ci_high)]
+        level = f"{self.confidence:.0%}"
+        if not with_ci:
+            reason = (
+                "no bin has an interval across models (one pair, or too few models): "
+                "nothing can be ranked"
+            )
+            return _warn_ranking(Ranking((), reason))
+        chosen = [r for r in with_ci if r.ci_low > 0 or r.ci_high < 0]
+        if not chosen:
+            reason = f"no bin's {level} interval excludes 0: nothing is ranked"
+            return _warn_ranking(Ranking((), reason))
+        chosen.sort(key=lambda r: (-abs(r.mean_diff), r.bin_index))
+        left_out = len(rows) - len(chosen)
+        reason = (
+            f"{left_out} bin(s) left out: interval includes 0 or not available" if left_out else ""
+        )
+        groups: dict[float, list[str]] = {}
+        for r in chosen:
+            groups.setdefault(abs(r.mean_diff), []).append(r.bin)
+        shown = chosen[:k]
+        ties = tuple(
+            tuple(labels)
+            for value, labels in groups.items()
+            if len(labels) > 1 and any(abs(r.mean_diff) == value for r in shown)
+        )
+        ranking = Ranking(tuple(r.bin for r in shown), reason, ties)
+        if ties:
+            return _warn_ranking(ranking)
+        return ranking
 
     def __repr__(self) -> str:
         a, b = self.labels
-        head = ["metric", "bin", "n", f"mean {a}", f"mean {b}", "diff",
-                f"{self.confidence:.0%} CI", "p", "r_rb"]  # fmt: skip
-        lines = [
-            [r.metric, r.bin, str(r.n), fmt(r.mean_a), fmt(r.mean_b), fmt(r.mean_diff),
-             f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt(r.wilcoxon_p),
-             fmt(r.rank_biserial, 2)]
-            for r in self.rows
-        ]  # fmt: skip
-        title = f"By depth {a} - {b} (units = {self.unit}s; Wilcoxon signed-rank per bin)"
-        return render_table(title, head, lines)
+        n_pairs = max((r.n_pairs for r in self.rows), default=0)
+        title = f"By depth {a} - {b}: {n_pairs} pair(s), units = {self.unit}s"
+        parts = [title, _provenance_line(self.provenance)]
+        shown = [r for r in self.rows if r.n]
+        if n_pairs >= 2:
+            parts.append(
+                render_table(
+                    _headline_title(self.design, n_pairs) + "; p Holm over every row",
+                    ["metric", "bin", "n", *_headline_head(self.labels, self.confidence,
+                                                           self.design)],
+                    _headline_lines(shown, [[r.metric, r.bin, str(r.n)] for r in shown]),
+                )
+            )  # fmt: skip
+        else:
+            parts.append(_one_pair_note(self.labels))
+            lines = [
+                [r.metric, r.bin, str(r.n), fmt(r.mean_a), fmt(r.mean_b), fmt(r.mean_diff),
+                 _sign(r.mean_diff, self.labels)]
+                for r in self.rows
+                if r.n
+            ]  # fmt: skip
+            parts.append(
+                render_table(
+                    "per-bin mean differences (descriptive)",
+                    ["metric", "bin", "layers", f"mean {a}", f"mean {b}", "diff", "sign"],
+                    lines,
+                )
+            )
+        if self.unit == "layer" and n_pairs >= 2:
+            lines = [
+                [r.metric, r.bin, str(r.n_units), fmt(r.median_diff),
+                 f"[{fmt(r.unit_ci_low)}, {fmt(r.unit_ci_high)}]", fmt(r.wilcoxon_p),
+                 fmt(r.rank_biserial, 2)]
+                for r in shown
+            ]  # fmt: skip
+            parts.append(
+                render_table(
+                    "descriptive, layers of all pairs pooled (not independent: no inference)",
+                    ["metric", "bin", "layers", "median", f"{self.confidence:.0%} CI (layers)",
+                     "p (layers)", "r_rb"],
+                    lines,
+                )
+            )  # fmt: skip
+        empty = [r.bin for r in self.rows if r.metric == self.rows[0].metric and not r.n]
+        if empty:
+            parts.append(f"bins without layers: {', '.join(empty)}")
+        return "\n".join(parts)
+
+
+def _warn_ranking(ranking: Ranking) -> Ranking:
+    message = ranking.reason if not ranking else ""
+    if ranking.ties:
+        message = "tied bins (same absolute difference, order arbitrary): " + "; ".join(
+            ", ".join(group) for group in ranking.ties
+        )
+    warnings.warn(f"most_different: {message}", FilterStatsWarning, stacklevel=3)
+    return ranking
 
 
 # ----------------------------------------------------------------------- comparison
@@ -266,8 +652,9 @@ class DepthComparison(RowTable):
 class Comparison:
     """Two groups of models, matched pair by pair; differences are ``a - b``.
 
-    Create with [`compare`][filterstats.compare]. All statistics are computed on
-    demand, deterministically from ``seed``.
+    Create with [`compare`][filterstats.compare], which computes the summary and the
+    depth table once (``default_summary``, ``default_depth``); other options
+    (``summary(n_boot=...)``) compute anew, deterministically from ``seed``.
 
     Attributes:
         labels: Group labels ``(a, b)``.
@@ -380,6 +767,101 @@ class Comparison:
             return seed
         return np.random.default_rng(self.seed if seed is None else seed)
 
+    @property
+    def design(self) -> str:
+        """``"paired"`` when every model is in exactly one pair, else ``"unpaired"``.
+
+        Paired: the unit of inference is the model pair. Unpaired (a model shared by
+        several pairs, or every model against one): the unit is the model, each model
+        counted once in the inference whatever ``twins`` says (``twins`` applies to
+        ``profiles()``, ``group()`` and the plots).
+        """
+        firsts = [i for i, _ in self.pairs]
+        seconds = [j for _, j in self.pairs]
+        models_a = [self.reports_a[i].models[0] for i in firsts]
+        models_b = [self.reports_b[j].models[0] for j in seconds]
+        one_to_one = len(set(models_a)) == len(models_a) and len(set(models_b)) == len(models_b)
+        return "paired" if one_to_one else "unpaired"
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """How the comparison was made: every saved table of it carries this.
+
+        Returns:
+            ``definition``, ``eps``, ``kernel_size`` (the selection applied), ``twins``,
+            ``bins``, ``first_bin``, ``include_lowest``, ``match``, ``design``,
+            ``labels``, ``n_pairs``, ``n_models_a``, ``n_models_b``, ``n_boot``,
+            ``confidence``, ``seed``, ``bootstrap``, ``multiplicity`` and ``version``
+            (filterstats). A parameter that differs between the reports is listed as
+            ``"mixed: x, y"``.
+        """
+        from filterstats._version import __version__
+
+        reports = [*self.reports_a, *self.reports_b]
+
+        def param(name: str) -> Any:
+            values = sorted({str(getattr(r.params, name)) for r in reports})
+            if len(values) == 1:
+                return getattr(reports[0].params, name)
+            return "mixed: " + ", ".join(values)
+
+        return {
+            "definition": param("definition"),
+            "eps": param("eps"),
+            "kernel_size": param("kernel_size"),
+            "twins": self.twins,
+            "bins": self.bins,
+            "first_bin": self.first_bin,
+            "include_lowest": self.include_lowest,
+            "match": self.match,
+            "design": self.design,
+            "labels": list(self.labels),
+            "n_pairs": len(self.pairs),
+            "n_models_a": len({r.models[0] for r in self.reports_a}),
+            "n_models_b": len({r.models[0] for r in self.reports_b}),
+            "n_boot": self.n_boot,
+            "confidence": self.confidence,
+            "seed": self.seed,
+            "bootstrap": "hierarchical: pairs (or models), then units within them",
+            "multiplicity": "holm",
+            "version": __version__,
+        }
+
+    def _provenance(self, n_boot: int, confidence: float, seed: Any) -> dict[str, Any]:
+        out = self.provenance
+        out.update(n_boot=n_boot, confidence=confidence)
+        if not isinstance(seed, np.random.Generator):
+            out["seed"] = self.seed if seed is None else seed
+        else:
+            out["seed"] = "generator"
+        return out
+
+    def _infer(
+        self,
+        entries: Sequence[tuple[int, str, float, float]],
+        *,
+        n_boot: int,
+        confidence: float,
+        generator: np.random.Generator,
+    ) -> dict[str, Any]:
+        """Statistics of ``(pair, unit, a, b)`` entries."""
+        pair = np.array([e[0] for e in entries], dtype=np.int64)
+        models_a = [self.reports_a[self.pairs[e[0]][0]].models[0] for e in entries]
+        models_b = [self.reports_b[self.pairs[e[0]][1]].models[0] for e in entries]
+        return infer(
+            pair,
+            models_a,
+            models_b,
+            [e[1] for e in entries],
+            np.array([e[2] for e in entries], dtype=np.float64),
+            np.array([e[3] for e in entries], dtype=np.float64),
+            design=self.design,  # type: ignore[arg-type]
+            labels=self.labels,
+            n_boot=n_boot,
+            confidence=confidence,
+            generator=generator,
+        )
+
     # ------------------------------------------------------------------ summary
     def summary(
         self,
@@ -388,11 +870,17 @@ class Comparison:
         confidence: float | None = None,
         seed: int | np.random.Generator | None = None,
     ) -> ComparisonSummary:
-        """Per-metric differences, tests, effect sizes and bootstrap intervals.
+        """Per-metric differences: inference over pairs (or models), then descriptive.
 
-        Units are the matched layers (or depth bins). The bootstrap resamples whole
-        pairs when there are at least two pairs (layers of one pair are not
-        independent), single units otherwise.
+        The headline per metric: the mean over pairs of the pair-level mean difference
+        (each pair's mean over its matched layers or bins), its hierarchical bootstrap
+        interval (resample pairs, then units within them), the Wilcoxon signed-rank
+        test of the pair-level differences with Holm-adjusted p-values over the
+        metrics, and the sign count (``"robust > normal in 5 of 5 pairs"``). For
+        unpaired groups the unit is the model (see ``design``). Statistics over the
+        pooled layers stay available as descriptive fields. With one pair there is no
+        interval or test across models (NaN) and the summary holds the per-unit
+        differences (``per_unit``).
 
         Args:
             n_boot: Bootstrap resamples (default: the comparison's).
@@ -407,48 +895,26 @@ class Comparison:
             return self.default_summary
         n_boot, confidence = self._boot_options(n_boot, confidence)
         generator = self._generator(seed)
-        rows = []
+        results = []
         for metric in self.metrics:
-            units = [m for m in self.matched if m.metric == metric]
-            a = np.array([u.a for u in units], dtype=np.float64)
-            b = np.array([u.b for u in units], dtype=np.float64)
-            keep = np.isfinite(a) & np.isfinite(b)
-            a, b = a[keep], b[keep]
-            pair_ids = np.array([u.pair for u in units], dtype=np.int64)[keep]
-            stats = paired_statistics(
-                a,
-                b,
-                pair_ids if len(self.pairs) >= 2 else None,
-                n_boot=n_boot,
-                confidence=confidence,
-                generator=generator,
+            entries = [(m.pair, m.unit, m.a, m.b) for m in self.matched if m.metric == metric]
+            results.append(
+                self._infer(entries, n_boot=n_boot, confidence=confidence, generator=generator)
             )
-            per_pair_a = np.array(
-                [self._model_value(self.reports_a[i], metric) for i, _ in self.pairs]
-            )
-            per_pair_b = np.array(
-                [self._model_value(self.reports_b[j], metric) for _, j in self.pairs]
-            )
-            pair_test = (
-                paired_wilcoxon(per_pair_a - per_pair_b).pvalue
-                if len(self.pairs) >= 2
-                else math.nan
-            )
-            group_a = [self._model_value(r, metric) for r in self.group(0)]
-            group_b = [self._model_value(r, metric) for r in self.group(1)]
-            mwu_p, delta = mann_whitney(np.array(group_a), np.array(group_b))
-            rows.append(
-                MetricDifference(
-                    metric=metric,
-                    n_pairs=len(self.pairs),
-                    n_units=int(a.size),
-                    **stats,
-                    pair_wilcoxon_p=pair_test,
-                    mannwhitney_p=mwu_p,
-                    cliffs_delta=delta,
-                )
-            )
-        return ComparisonSummary(tuple(rows), self.labels, self.match, confidence)
+        adjusted = holm([r["p_value"] for r in results])
+        rows = tuple(
+            MetricDifference(metric=metric, **{**r, "p_holm": nan_clean(p)})
+            for metric, r, p in zip(self.metrics, results, adjusted)
+        )
+        return ComparisonSummary(
+            rows,
+            self.labels,
+            self.match,
+            confidence,
+            design=self.design,
+            provenance=self._provenance(n_boot, confidence, seed),
+            per_unit=self.matched if len(self.pairs) == 1 else (),
+        )
 
     def _boot_options(self, n_boot: int | None, confidence: float | None) -> tuple[int, float]:
         n_boot = self.n_boot if n_boot is None else n_boot
@@ -466,7 +932,12 @@ class Comparison:
         confidence: float | None = None,
         seed: int | np.random.Generator | None = None,
     ) -> DepthComparison:
-        """Differences per depth bin, with bootstrap intervals and Wilcoxon tests.
+        """Differences per depth bin: inference over pairs (or models), Holm-adjusted.
+
+        Per metric and bin the same headline as [`summary`][filterstats.Comparison.summary]
+        (pair-level differences, hierarchical bootstrap, Wilcoxon over pairs, sign
+        count); ``p_holm`` adjusts over every metric and bin of the table (Holm:
+        family-wise error, valid under any dependence between bins).
 
         Args:
             bins: Number of bins of the normalised depth (default: the comparison's;
@@ -474,8 +945,9 @@ class Comparison:
                 given to ``compare``).
             unit: ``"pair"``: one difference per pair and bin, of the paper's
                 weighted per-(model, bin) aggregates; ``"layer"``: one per matched
-                layer (needs ``match="name"``); ``"auto"``: ``"pair"`` with two or
-                more pairs, else ``"layer"`` when layers were matched by name.
+                layer (needs ``match="name"``; a pair's difference is the mean over
+                its layers in the bin); ``"auto"``: ``"pair"`` with two or more
+                pairs, else ``"layer"`` when layers were matched by name.
             n_boot: Bootstrap resamples.
             confidence: Interval coverage.
             seed: Seed or generator.
@@ -500,8 +972,8 @@ class Comparison:
         labels = depth_bin_labels(
             options["bins"], first_bin=self.first_bin, include_lowest=self.include_lowest
         )
-        # (metric, bin) -> list of (cluster, a, b)
-        cells: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+        # (metric, bin) -> list of (pair, unit, a, b)
+        cells: dict[tuple[str, str], list[tuple[int, str, float, float]]] = {}
         if unit == "pair":
             for p, (i, j) in enumerate(self.pairs):
                 prof_a = {r.bin: r for r in depth_profile(self.reports_a[i], **options)}
@@ -510,8 +982,9 @@ class Comparison:
                     if label in prof_a and label in prof_b:
                         for metric in self.metrics:
                             cells.setdefault((metric, label), []).append(
-                                (p, getattr(prof_a[label], metric), getattr(prof_b[label], metric))
-                            )
+                                (p, label, getattr(prof_a[label], metric),
+                                 getattr(prof_b[label], metric))
+                            )  # fmt: skip
         else:
             assigned = assign_depth_bins(
                 [m.conv_depth for m in self.matched],
@@ -522,36 +995,40 @@ class Comparison:
             )
             for row, bin_label in zip(self.matched, assigned):
                 if bin_label is not None:
-                    cells.setdefault((row.metric, bin_label), []).append((row.pair, row.a, row.b))
-        rows = []
+                    cells.setdefault((row.metric, bin_label), []).append(
+                        (row.pair, row.unit, row.a, row.b)
+                    )
+        keys, results = [], []
         for metric in self.metrics:
             for index, label in enumerate(labels):
                 cell = cells.get((metric, label), [])
-                clusters = np.array([c[0] for c in cell], dtype=np.int64)
-                a = np.array([c[1] for c in cell], dtype=np.float64)
-                b = np.array([c[2] for c in cell], dtype=np.float64)
-                keep = np.isfinite(a) & np.isfinite(b)
-                a, b, clusters = a[keep], b[keep], clusters[keep]
-                cluster = unit == "layer" and np.unique(clusters).size >= 2
-                stats = paired_statistics(
-                    a,
-                    b,
-                    clusters if cluster else None,
-                    n_boot=n_boot,
-                    confidence=confidence,
-                    generator=generator,
+                keys.append((metric, label, index))
+                results.append(
+                    self._infer(cell, n_boot=n_boot, confidence=confidence, generator=generator)
                 )
-                rows.append(
-                    DepthDifference(
-                        metric=metric, bin=label, bin_index=index, n=int(a.size), **stats
-                    )
-                )
-        return DepthComparison(tuple(rows), self.labels, labels, unit, confidence)
+        adjusted = holm([r["p_value"] for r in results])
+        rows = tuple(
+            DepthDifference(
+                metric=metric, bin=label, bin_index=index, n=r["n_units"],
+                **{**r, "p_holm": nan_clean(p)},
+            )
+            for (metric, label, index), r, p in zip(keys, results, adjusted)
+        )  # fmt: skip
+        return DepthComparison(
+            rows,
+            self.labels,
+            labels,
+            unit,
+            confidence,
+            design=self.design,
+            provenance={**self._provenance(n_boot, confidence, seed), "bins": options["bins"],
+                        "unit": unit},
+        )  # fmt: skip
 
     def most_different(
         self, metric: str = "diversity", k: int = 3, *, bins: int | None = None
-    ) -> tuple[str, ...]:
-        """The depth bins where a metric differs most between the groups.
+    ) -> Ranking:
+        """The depth bins where a metric differs most, among those whose interval excludes 0.
 
         Args:
             metric: Metric name.
@@ -559,9 +1036,10 @@ class Comparison:
             bins: Number of bins (default: the comparison's).
 
         Returns:
-            Bin labels, largest absolute mean difference first.
+            A [`Ranking`][filterstats.compare.results.Ranking] (see
+            [`DepthComparison.most_different`][filterstats.compare.DepthComparison.most_different]).
         """
-        return self.by_depth(bins, n_boot=1).most_different(metric, k)
+        return self.by_depth(bins).most_different(metric, k)
 
     # --------------------------------------------------------------- exports
     def to_records(self) -> list[dict[str, Any]]:
