@@ -273,3 +273,31 @@ def test_holm_adjusted_p_values_per_bin():
     summary = cmp.summary()
     np.testing.assert_array_equal([r.p_holm for r in summary], holm([r.p_value for r in summary]))
     assert "p Holm" in repr(depth) and "p Holm" in repr(summary)
+
+
+def test_both_definitions_flags_the_metrics_and_bins_whose_sign_differs():
+    base = make_net(3, depth=4)
+    scaled = copy.deepcopy(base)
+    with torch.no_grad():  # half the kernels x8 (exact in floating point)
+        for conv in scaled:
+            conv.weight[: conv.weight.shape[0] // 2] *= 8.0
+    cmp = fs.compare(scaled, base, both_definitions=True, bins=2, n_boot=50)
+    check = cmp.definition_check
+    assert check is not None and cmp.summary().provenance["both_definitions"] is True
+    # The paper scales each kernel by its own max |w|: diversity unchanged, exactly;
+    # torchconvquality's does not: the scaled half changes it.
+    rows = {(r.metric, r.bin): r for r in check}
+    assert rows["diversity", "all"].diff_paper == 0.0
+    assert rows["diversity", "all"].diff_torchconvquality < 0
+    assert {r.metric for r in check.flagged} == {"diversity"}
+    assert len(check.flagged) == 4  # all depths and the three bins
+    # The values are those of the two comparisons made separately.
+    tcq = fs.compare(scaled, base, definition="torchconvquality", bins=2, n_boot=50)
+    assert cmp.summary().provenance["definition"] == "paper"
+    for r in check:
+        if r.bin == "all":
+            assert r.diff_paper == cmp.summary()[r.metric].mean_diff
+            assert r.diff_torchconvquality == tcq.summary()[r.metric].mean_diff
+    assert "DIFFERS" in repr(cmp) and "sign differs: diversity" in repr(check)
+    with pytest.raises(ValueError, match="both_definitions"):
+        fs.compare(fs.analyze(scaled), base, both_definitions=True)

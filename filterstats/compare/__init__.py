@@ -16,7 +16,7 @@ it reports no test or interval. This module adds them:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -33,22 +33,30 @@ from filterstats.compare.matching import (
 from filterstats.compare.results import (
     Comparison,
     ComparisonSummary,
+    DefinitionCheck,
+    DefinitionSign,
     DepthComparison,
     DepthDifference,
     MatchRow,
     MetricDifference,
+    Ranking,
     Twins,
     Unit,
+    definition_check,
 )
 from filterstats.compare.statistics import check_boot
+from filterstats.results import FilterReport
 
 __all__ = [
     "Comparison",
     "ComparisonSummary",
+    "DefinitionCheck",
+    "DefinitionSign",
     "DepthComparison",
     "DepthDifference",
     "MatchRow",
     "MetricDifference",
+    "Ranking",
     "compare",
 ]
 
@@ -58,6 +66,9 @@ Match = Literal["auto", "name", "depth"]
 
 #: The metrics compared by default: those the metric table marks ``default``.
 DEFAULT_METRICS = metric_table.default_metrics()
+
+#: The two definitions of the metrics (see ``analyze``'s ``definition``).
+DEFINITIONS = ("paper", "torchconvquality")
 
 __all__ += ["DEFAULT_METRICS", "Match", "Twins", "Unit"]
 
@@ -78,6 +89,7 @@ def compare(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    both_definitions: bool = False,
     **analyze_kwargs: Any,
 ) -> Comparison:
     """Compare the filters of two models, or of two groups of models.
@@ -111,6 +123,12 @@ def compare(
         n_boot: Bootstrap resamples for the intervals.
         confidence: Interval coverage.
         seed: Seed of the bootstrap generator: results are deterministic.
+        both_definitions: Also measure every model under the other definition
+            (``"paper"`` and ``"torchconvquality"``) and report, per metric and depth
+            bin, the direction of the difference under both, flagging those whose sign
+            differs (``Comparison.definition_check``). The statistics of the comparison
+            stay those of ``definition`` (``"paper"`` unless given). Needs models, not
+            FilterReports.
         **analyze_kwargs: Options for ``analyze`` (``eps``, ``definition``, ...).
 
     Returns:
@@ -135,6 +153,47 @@ def compare(
         raise ValueError(f"`metrics` must be a non-empty subset of {pooled}, got {metrics!r}.")
     if len(labels) != 2 or labels[0] == labels[1]:
         raise ValueError(f"`labels` must be two different names, got {labels!r}.")
+    definition = analyze_kwargs.get("definition", "paper")
+    if both_definitions:
+        check_choice("definition", definition, DEFINITIONS)
+        for name, side in (("a", a), ("b", b)):
+            items = list(side) if isinstance(side, (list, tuple)) else [side]
+            if any(isinstance(item, FilterReport) for item in items):
+                raise ValueError(
+                    f"`both_definitions=True` measures every model under both definitions, "
+                    f"but `{name}` holds FilterReports (already measured under one). Pass "
+                    "the models (modules, state dicts, paths or specs) instead."
+                )
+    settings = {"labels": labels, "pairs": pairs, "match": match, "metrics": metrics,
+                "twins": twins, "bins": bins, "first_bin": first_bin,
+                "include_lowest": include_lowest, "nan_in_denominator": nan_in_denominator,
+                "n_boot": n_boot, "confidence": confidence, "seed": seed}  # fmt: skip
+    comparison = _assemble(a, b, analyze_kwargs, settings)
+    if not both_definitions:
+        return comparison
+    other = next(d for d in DEFINITIONS if d != definition)
+    alternate = _assemble(a, b, {**analyze_kwargs, "definition": other}, settings)
+    check = definition_check(
+        {definition: comparison, other: alternate}, order=("paper", "torchconvquality")
+    )
+    flagged = {"both_definitions": True, "definitions_differ": check.flagged_text()}
+    summary = comparison.summary()  # the stored ones: no new bootstrap
+    depth = comparison.by_depth()
+    return replace(
+        comparison,
+        definition_check=check,
+        default_summary=replace(summary, provenance={**summary.provenance, **flagged}),
+        default_depth=replace(depth, provenance={**depth.provenance, **flagged}),
+    )
+
+
+def _assemble(
+    a: Any, b: Any, analyze_kwargs: Mapping[str, Any], settings: Mapping[str, Any]
+) -> Comparison:
+    """Analyse, pair and match both sides; compute the summary and depth table once."""
+    labels, pairs, match, metrics = (settings[k] for k in ("labels", "pairs", "match", "metrics"))
+    bins, first_bin = settings["bins"], settings["first_bin"]
+    include_lowest, nan_in_denominator = settings["include_lowest"], settings["nan_in_denominator"]
     group_a = resolve_group(a, labels[0], analyze_kwargs)
     group_b = resolve_group(b, labels[1], analyze_kwargs)
     group_a, group_b = uniquify([group_a, group_b])
@@ -167,14 +226,14 @@ def compare(
         matched=tuple(matched),
         unmatched=tuple(unmatched),
         metrics=tuple(metrics),
-        twins=twins,
+        twins=settings["twins"],
         bins=bins,
         first_bin=first_bin,
         include_lowest=include_lowest,
         nan_in_denominator=nan_in_denominator,
-        n_boot=n_boot,
-        confidence=confidence,
-        seed=seed,
+        n_boot=settings["n_boot"],
+        confidence=settings["confidence"],
+        seed=settings["seed"],
     )
     # Computed once here, so that printing never runs a bootstrap.
     return replace(

@@ -37,6 +37,8 @@ from filterstats.results import FilterReport
 __all__ = [
     "Comparison",
     "ComparisonSummary",
+    "DefinitionCheck",
+    "DefinitionSign",
     "DepthComparison",
     "DepthDifference",
     "MatchRow",
@@ -44,6 +46,7 @@ __all__ = [
     "Ranking",
     "Twins",
     "Unit",
+    "definition_check",
 ]
 
 Twins = Literal["per_pair", "unique"]
@@ -645,6 +648,109 @@ def _warn_ranking(ranking: Ranking) -> Ranking:
     return ranking
 
 
+@dataclass(frozen=True)
+class DefinitionSign:
+    """The direction of one metric (over all depths, or in one bin) under both definitions.
+
+    Attributes:
+        metric: Metric name.
+        bin: Depth bin label, or ``"all"`` for the summary over all depths.
+        diff_paper: Headline ``mean_diff`` (``a - b``) under the paper's definition.
+        diff_torchconvquality: The same under torchconvquality's definition.
+        sign_paper: Sign of ``diff_paper``: 1, -1 or 0 (0 also for NaN).
+        sign_torchconvquality: Sign of ``diff_torchconvquality``.
+        differs: The signs differ: the direction depends on the definition.
+    """
+
+    metric: str
+    bin: str
+    diff_paper: float
+    diff_torchconvquality: float
+    sign_paper: int
+    sign_torchconvquality: int
+    differs: bool
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class DefinitionCheck(_ProvenanceTable):
+    """Direction of every metric and bin under both definitions; prints as a table.
+
+    Attributes:
+        rows: One [`DefinitionSign`][filterstats.compare.DefinitionSign] per metric,
+            over all depths (``bin="all"``) and per depth bin with data.
+        labels: Group labels ``(a, b)``.
+        provenance: How the comparison was made (its own definition's).
+    """
+
+    rows: tuple[DefinitionSign, ...]
+    labels: tuple[str, str]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    _row_type = DefinitionSign
+
+    @property
+    def flagged(self) -> tuple[DefinitionSign, ...]:
+        """Rows whose direction differs between the definitions."""
+        return tuple(r for r in self.rows if r.differs)
+
+    def flagged_text(self) -> str:
+        """The flagged metrics and bins as text (``"diversity in (0.4, 0.5]"``), or ``"none"``."""
+        items = [r.metric if r.bin == "all" else f"{r.metric} in {r.bin}" for r in self.flagged]
+        return "; ".join(items) or "none"
+
+    def __repr__(self) -> str:
+        a, b = self.labels
+        title = (
+            f"Direction of {a} - {b} under both definitions (paper, torchconvquality); "
+            f"sign differs: {self.flagged_text()}"
+        )
+        lines = [
+            [r.metric, r.bin, fmt(r.diff_paper), fmt(r.diff_torchconvquality),
+             _sign(r.diff_paper, self.labels), _sign(r.diff_torchconvquality, self.labels),
+             "DIFFERS" if r.differs else ""]
+            for r in self.rows
+        ]  # fmt: skip
+        head = ["metric", "bin", "diff paper", "diff tcq", "paper", "torchconvquality", ""]
+        return "\n".join([title, _provenance_line(self.provenance), render_table(
+            "bins: 'all' is the summary over all depths", head, lines)])  # fmt: skip
+
+
+def _signum(value: float) -> int:
+    if not math.isfinite(value) or value == 0:
+        return 0
+    return 1 if value > 0 else -1
+
+
+def definition_check(
+    comparisons: Mapping[str, Comparison], *, order: Sequence[str]
+) -> DefinitionCheck:
+    """Compare the directions of two comparisons that differ only in the definition.
+
+    Args:
+        comparisons: ``{"paper": ..., "torchconvquality": ...}``, both with their
+            summary and depth table computed.
+        order: The definitions in column order (``("paper", "torchconvquality")``).
+
+    Returns:
+        A [`DefinitionCheck`][filterstats.compare.DefinitionCheck].
+    """
+    first, second = (comparisons[name] for name in order)
+    rows = [
+        _definition_row(x.metric, "all", x.mean_diff, y.mean_diff)
+        for x, y in zip(first.summary().rows, second.summary().rows)
+    ]
+    rows += [
+        _definition_row(u.metric, u.bin, u.mean_diff, v.mean_diff)
+        for u, v in zip(first.by_depth().rows, second.by_depth().rows)
+        if u.n or v.n
+    ]
+    provenance = comparisons[next(iter(comparisons))].provenance
+    return DefinitionCheck(tuple(rows), first.labels, provenance)
+
+
+def _definition_row(metric: str, label: str, x: float, y: float) -> DefinitionSign:
+    return DefinitionSign(metric, label, x, y, _signum(x), _signum(y), _signum(x) != _signum(y))
+
+
 # ----------------------------------------------------------------------- comparison
 
 
@@ -679,6 +785,8 @@ class Comparison:
         default_summary: The summary with the comparison's own options, computed once by
             [`compare`][filterstats.compare] (``summary()`` returns it, ``repr`` prints it).
         default_depth: The depth table with the comparison's own options, computed once.
+        definition_check: With ``compare(..., both_definitions=True)``: the direction of
+            every metric and bin under both definitions, and which differ.
     """
 
     labels: tuple[str, str]
@@ -699,6 +807,7 @@ class Comparison:
     seed: int = 0
     default_summary: ComparisonSummary | None = None
     default_depth: DepthComparison | None = None
+    definition_check: DefinitionCheck | None = None
 
     # ------------------------------------------------------------------ groups
     def group(self, which: int | str, *, twins: Twins | None = None) -> tuple[FilterReport, ...]:
@@ -1088,4 +1197,6 @@ class Comparison:
             lines.append("summary not computed: call .summary()")
         else:
             lines.append(repr(self.default_summary))
+        if self.definition_check is not None:
+            lines.append(repr(self.definition_check))
         return "\n".join(lines)
