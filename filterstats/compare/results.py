@@ -934,7 +934,13 @@ class Comparison:
             "bootstrap": "hierarchical: pairs (or models), then units within them",
             "multiplicity": "holm",
             "version": __version__,
-        }
+            **(
+                {"both_definitions": True,
+                 "definitions_differ": self.definition_check.flagged_text()}
+                if self.definition_check is not None
+                else {}
+            ),
+        }  # fmt: skip
 
     def _provenance(self, n_boot: int, confidence: float, seed: Any) -> dict[str, Any]:
         out = self.provenance
@@ -1163,11 +1169,14 @@ class Comparison:
         """The matched units as a long pandas DataFrame (needs ``filterstats[pandas]``).
 
         Returns:
-            A DataFrame, one row per matched unit and metric.
+            A DataFrame, one row per matched unit and metric; how the comparison
+            was made in ``frame.attrs["filterstats"]``.
         """
         pd = require("pandas", extra="pandas")
         columns = [f.name for f in fields(MatchRow)] + ["difference"]
-        return pd.DataFrame(self.to_records(), columns=columns)
+        frame = pd.DataFrame(self.to_records(), columns=columns)
+        frame.attrs["filterstats"] = _jsonable(self.provenance)
+        return frame
 
     def plot(self, metrics: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Metric versus depth for both groups (needs ``filterstats[plot]``).
