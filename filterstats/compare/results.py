@@ -377,6 +377,10 @@ def _headline_head(labels: tuple[str, str], confidence: float, design: str) -> l
             "p Holm", "sign count"]  # fmt: skip
 
 
+def _note(text: str) -> str:
+    return f"\nnote: {text}" if text else ""
+
+
 def _headline_title(design: str, n_pairs: int) -> str:
     if design == "paired":
         return (
@@ -442,7 +446,8 @@ class ComparisonSummary(_ProvenanceTable):
         if n_pairs >= 2:
             parts.append(
                 render_table(
-                    _headline_title(self.design, n_pairs),
+                    _headline_title(self.design, n_pairs)
+                    + _note(_few_pairs_note(self.design, n_pairs, self.confidence)),
                     ["metric", *_headline_head(self.labels, self.confidence, self.design)],
                     _headline_lines(self.rows, [[r.metric] for r in self.rows]),
                 )
@@ -582,8 +587,11 @@ class DepthComparison(_ProvenanceTable):
             for value, labels in groups.items()
             if len(labels) > 1 and any(abs(r.mean_diff) == value for r in shown)
         )
+        few = _few_pairs_note(self.design, max(r.n_pairs for r in rows), self.confidence)
+        if few:
+            reason = "; ".join(x for x in (reason, few) if x)
         ranking = Ranking(tuple(r.bin for r in shown), reason, ties)
-        if ties:
+        if ties or few:
             return _warn_ranking(ranking)
         return ranking
 
@@ -596,7 +604,9 @@ class DepthComparison(_ProvenanceTable):
         if n_pairs >= 2:
             parts.append(
                 render_table(
-                    _headline_title(self.design, n_pairs) + "; p Holm over every row",
+                    _headline_title(self.design, n_pairs)
+                    + "; p Holm over every row"
+                    + _note(_few_pairs_note(self.design, n_pairs, self.confidence)),
                     ["metric", "bin", "n", *_headline_head(self.labels, self.confidence,
                                                            self.design)],
                     _headline_lines(shown, [[r.metric, r.bin, str(r.n)] for r in shown]),
@@ -638,12 +648,23 @@ class DepthComparison(_ProvenanceTable):
         return "\n".join(parts)
 
 
+def _few_pairs_note(design: str, n_pairs: int, confidence: float) -> str:
+    """Text when no paired test over ``n_pairs`` pairs can reach ``p < 1 - confidence``."""
+    smallest = 2.0 / 2**n_pairs
+    if design != "paired" or n_pairs < 2 or smallest <= 1.0 - confidence:
+        return ""
+    return (
+        f"with {n_pairs} pairs no paired test reaches p < {1 - confidence:.2g} (smallest "
+        f"attainable p = {smallest:.4g}) and bootstrap intervals over so few pairs are too "
+        "narrow: read intervals and ranking as descriptive"
+    )
+
+
 def _warn_ranking(ranking: Ranking) -> Ranking:
-    message = ranking.reason if not ranking else ""
+    message = ranking.reason
     if ranking.ties:
-        message = "tied bins (same absolute difference, order arbitrary): " + "; ".join(
-            ", ".join(group) for group in ranking.ties
-        )
+        tied = "; ".join(", ".join(group) for group in ranking.ties)
+        message = f"tied bins (same absolute difference, order arbitrary): {tied}; {message}"
     warnings.warn(f"most_different: {message}", FilterStatsWarning, stacklevel=3)
     return ranking
 
