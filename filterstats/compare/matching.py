@@ -31,7 +31,16 @@ def _relabel(report: FilterReport, label: str) -> FilterReport:
 
 
 def resolve_group(group: Any, name: str, analyze_kwargs: Mapping[str, Any]) -> list[FilterReport]:
-    """The reports of one side: models analysed once each, multi-model reports split."""
+    """The reports of one side: models analysed once each, multi-model reports split.
+
+    Args:
+        group: A model, a FilterReport, or a list of them.
+        name: The group's label (models are labelled ``name`` or ``name[i]``).
+        analyze_kwargs: Options for ``analyze``.
+
+    Returns:
+        One report per position (an object listed twice is analysed once).
+    """
     from filterstats.analysis import analyze
 
     items = list(group) if isinstance(group, (list, tuple)) else [group]
@@ -67,7 +76,14 @@ def _split(report: FilterReport) -> list[FilterReport]:
 
 
 def uniquify(groups: list[list[FilterReport]]) -> list[list[FilterReport]]:
-    """Different reports with the same label get ``#2``, ``#3``...; a repeated one keeps it."""
+    """Different reports with the same label get ``#2``, ``#3``...; a repeated one keeps it.
+
+    Args:
+        groups: The reports of both groups.
+
+    Returns:
+        The same reports, relabelled where labels clash.
+    """
     owner: dict[str, int] = {}
     renamed: dict[int, FilterReport] = {}
     result = []
@@ -94,7 +110,16 @@ def resolve_pairs(
     a: list[FilterReport],
     b: list[FilterReport],
 ) -> tuple[tuple[int, int], ...]:
-    """``pairs`` as ``(index in a, index in b)``; the default pairing when ``None``."""
+    """``pairs`` as ``(index in a, index in b)``; the default pairing when ``None``.
+
+    Args:
+        pairs: ``(a, b)`` pairs as indices or model labels, or ``None``.
+        a: Reports of group ``a``.
+        b: Reports of group ``b``.
+
+    Returns:
+        The pairs as index tuples.
+    """
     if pairs is None:
         if len(a) == len(b):
             return tuple((i, i) for i in range(len(a)))
@@ -133,7 +158,14 @@ def _index(key: int | str, names: list[str], side: str, k: int) -> int:
 
 
 def signature(report: FilterReport) -> frozenset[tuple[Any, ...]]:
-    """Layer names and weight shapes: what every door knows (groups: not state dicts)."""
+    """Layer names and weight shapes: what every door knows (groups: not state dicts).
+
+    Args:
+        report: One model's report.
+
+    Returns:
+        The set of ``(layer, out_channels, in_channels per group, kernel_size)``.
+    """
     return frozenset(
         (r.layer, r.out_channels, (r.in_channels or 0) // (r.groups or 1), r.kernel_size)
         for r in report.measured
@@ -143,7 +175,17 @@ def signature(report: FilterReport) -> frozenset[tuple[Any, ...]]:
 def match_by_name(
     p: int, ra: FilterReport, rb: FilterReport, metrics: Sequence[str]
 ) -> tuple[list[MatchRow], list[str]]:
-    """Matched layers (same module path) of pair ``p``, and the unmatched ones as text."""
+    """Matched layers (same module path) of pair ``p``, and the unmatched ones as text.
+
+    Args:
+        p: Index of the pair.
+        ra: Report of the ``a`` model.
+        rb: Report of the ``b`` model.
+        metrics: Metrics to match.
+
+    Returns:
+        ``(matched rows, unmatched layers as text)``.
+    """
     a_rows = {r.layer: r for r in ra.measured}
     b_rows = {r.layer: r for r in rb.measured}
     label_a, label_b = ra.models[0], rb.models[0]
@@ -167,7 +209,18 @@ def match_by_name(
 def match_by_depth(
     p: int, ra: FilterReport, rb: FilterReport, metrics: Sequence[str], options: dict[str, Any]
 ) -> tuple[list[MatchRow], list[str]]:
-    """Matched depth bins of pair ``p``, and the unmatched ones as text."""
+    """Matched depth bins of pair ``p``, and the unmatched ones as text.
+
+    Args:
+        p: Index of the pair.
+        ra: Report of the ``a`` model.
+        rb: Report of the ``b`` model.
+        metrics: Metrics to match.
+        options: Depth-bin options of ``depth_profile``.
+
+    Returns:
+        ``(matched rows, unmatched bins as text)``.
+    """
     prof_a = {r.bin: r for r in depth_profile(ra, **options)}
     prof_b = {r.bin: r for r in depth_profile(rb, **options)}
     label_a, label_b = ra.models[0], rb.models[0]

@@ -714,7 +714,11 @@ class DefinitionCheck(_ProvenanceTable):
         return tuple(r for r in self.rows if r.differs)
 
     def flagged_text(self) -> str:
-        """The flagged metrics and bins as text (``"diversity in (0.4, 0.5]"``), or ``"none"``."""
+        """The flagged metrics and bins as text.
+
+        Returns:
+            ``"diversity; diversity in (0.4, 0.5]"``, or ``"none"``.
+        """
         items = [r.metric if r.bin == "all" else f"{r.metric} in {r.bin}" for r in self.flagged]
         return "; ".join(items) or "none"
 

@@ -37,12 +37,26 @@ _CHUNK_ELEMENTS = 2_000_000
 
 
 def mean_or_nan(values: np.ndarray) -> float:
-    """Mean of ``values``; NaN for none."""
+    """Mean of ``values``; NaN for none.
+
+    Args:
+        values: ``(n,)`` values.
+
+    Returns:
+        The mean, or NaN when ``n == 0``.
+    """
     return float(values.mean()) if values.size else math.nan
 
 
 def nan_clean(value: Any) -> Any:
-    """A float with every NaN as the one ``math.nan`` object (rows then compare equal)."""
+    """A float with every NaN as the one ``math.nan`` object (rows then compare equal).
+
+    Args:
+        value: Any value; numpy scalars become Python numbers.
+
+    Returns:
+        The value, NaN as ``math.nan``.
+    """
     if isinstance(value, (float, np.floating)):
         number = float(value)
         return math.nan if math.isnan(number) else number
@@ -52,7 +66,12 @@ def nan_clean(value: Any) -> Any:
 
 
 def check_boot(n_boot: int, confidence: float) -> None:
-    """Raise ``ValueError`` for a bad ``n_boot`` or ``confidence``."""
+    """Raise ``ValueError`` for a bad ``n_boot`` or ``confidence``.
+
+    Args:
+        n_boot: Bootstrap resamples (a positive integer).
+        confidence: Interval coverage in (0, 1).
+    """
     if not isinstance(n_boot, int) or n_boot < 1:
         raise ValueError(f"`n_boot` must be a positive integer, got {n_boot!r}.")
     if not 0.0 < confidence < 1.0:
