@@ -113,6 +113,11 @@ def test_shared_twin_counted_per_pair_or_once():
     robust = [sparser(twin, 1), sparser(twin, 2), sparser(other, 3)]
     cmp = fs.compare(robust, [twin, twin, other], n_boot=100)
     assert cmp.reports_b[0] is cmp.reports_b[1]  # analysed once
+    # A shared twin: the unit of inference is the model, each counted once.
+    assert cmp.design == "unpaired" and cmp.summary().provenance["design"] == "unpaired"
+    row = cmp.summary()["sparsity"]
+    assert row.n_compared == 3 * 2 and row.signs.endswith("of 6 model pairings")
+    assert row.p_value == row.mannwhitney_p
     assert len(cmp.group(1)) == 3
     assert len(cmp.group(1, twins="unique")) == 2
     unique = fs.compare(robust, [twin, twin, other], twins="unique", n_boot=100)
