@@ -447,7 +447,9 @@ class ComparisonSummary(_ProvenanceTable):
             parts.append(
                 render_table(
                     _headline_title(self.design, n_pairs)
-                    + _note(_few_pairs_note(self.design, n_pairs, self.confidence)),
+                    + _note(
+                        _few_pairs_note(self.design, n_pairs, self.confidence, self.provenance)
+                    ),
                     ["metric", *_headline_head(self.labels, self.confidence, self.design)],
                     _headline_lines(self.rows, [[r.metric] for r in self.rows]),
                 )
@@ -587,7 +589,9 @@ class DepthComparison(_ProvenanceTable):
             for value, labels in groups.items()
             if len(labels) > 1 and any(abs(r.mean_diff) == value for r in shown)
         )
-        few = _few_pairs_note(self.design, max(r.n_pairs for r in rows), self.confidence)
+        few = _few_pairs_note(
+            self.design, max(r.n_pairs for r in rows), self.confidence, self.provenance
+        )
         if few:
             reason = "; ".join(x for x in (reason, few) if x)
         ranking = Ranking(tuple(r.bin for r in shown), reason, ties)
@@ -601,12 +605,13 @@ class DepthComparison(_ProvenanceTable):
         title = f"By depth {a} - {b}: {n_pairs} pair(s), units = {self.unit}s"
         parts = [title, _provenance_line(self.provenance)]
         shown = [r for r in self.rows if r.n]
+        few = _few_pairs_note(self.design, n_pairs, self.confidence, self.provenance)
         if n_pairs >= 2:
             parts.append(
                 render_table(
                     _headline_title(self.design, n_pairs)
                     + "; p Holm over every row"
-                    + _note(_few_pairs_note(self.design, n_pairs, self.confidence)),
+                    + _note(few),
                     ["metric", "bin", "n", *_headline_head(self.labels, self.confidence,
                                                            self.design)],
                     _headline_lines(shown, [[r.metric, r.bin, str(r.n)] for r in shown]),
@@ -648,15 +653,24 @@ class DepthComparison(_ProvenanceTable):
         return "\n".join(parts)
 
 
-def _few_pairs_note(design: str, n_pairs: int, confidence: float) -> str:
-    """Text when no paired test over ``n_pairs`` pairs can reach ``p < 1 - confidence``."""
-    smallest = 2.0 / 2**n_pairs
-    if design != "paired" or n_pairs < 2 or smallest <= 1.0 - confidence:
+def _few_pairs_note(
+    design: str, n_pairs: int, confidence: float, provenance: Mapping[str, Any]
+) -> str:
+    """Text when no test over the pairs (or models) can reach ``p < 1 - confidence``."""
+    alpha = 1.0 - confidence
+    if design == "paired":
+        smallest = 2.0 / 2**n_pairs
+        units = f"{n_pairs} pairs"
+    else:
+        n_a, n_b = provenance.get("n_models_a", 0), provenance.get("n_models_b", 0)
+        smallest = 2.0 / math.comb(n_a + n_b, n_a) if n_a and n_b else 1.0
+        units = f"{n_a} and {n_b} models"
+    if n_pairs < 2 or smallest <= alpha:
         return ""
     return (
-        f"with {n_pairs} pairs no paired test reaches p < {1 - confidence:.2g} (smallest "
-        f"attainable p = {smallest:.4g}) and bootstrap intervals over so few pairs are too "
-        "narrow: read intervals and ranking as descriptive"
+        f"with {units} no test reaches p < {alpha:.2g} (smallest attainable p = "
+        f"{smallest:.4g}) and bootstrap intervals over so few units are too narrow: "
+        "read intervals and ranking as descriptive"
     )
 
 
