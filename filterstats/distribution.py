@@ -313,15 +313,22 @@ def _moments(sources: Sequence[_Source], eps: float, width: int) -> tuple[Tensor
     count = torch.zeros((), dtype=torch.float64)
     total = torch.zeros(width, dtype=torch.float64)
     outer = torch.zeros(width, width, dtype=torch.float64)
-    for source in sources:
-        filterset = source.load()
-        for layer in filterset:
-            scaled, nonsparse = _layer_kernels(layer, eps)
-            if scaled.shape[1] != width:
-                continue
-            n, s, q = kernels.kernel_moments(scaled, weights=nonsparse.to(torch.float64))
-            count, total, outer = count + n.cpu(), total + s.cpu(), outer + q.cpu()
-        del filterset  # hold one model at a time
+    for source in sources:  # one model at a time: nothing of it outlives the call
+        n, s, q = _model_moments(source.load(), eps, width)
+        count, total, outer = count + n, total + s, outer + q
+    return count, total, outer
+
+
+def _model_moments(filterset: FilterSet, eps: float, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    count = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros(width, dtype=torch.float64)
+    outer = torch.zeros(width, width, dtype=torch.float64)
+    for layer in filterset:
+        scaled, nonsparse = _layer_kernels(layer, eps)
+        if scaled.shape[1] != width:
+            continue
+        n, s, q = kernels.kernel_moments(scaled, weights=nonsparse.to(torch.float64))
+        count, total, outer = count + n.cpu(), total + s.cpu(), outer + q.cpu()
     return count, total, outer
 
 
@@ -717,6 +724,40 @@ def _layer_bins(filterset: FilterSet, options: dict[str, Any]) -> list[str | Non
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Projection:
+    """Per-model passes of ``filter_divergence``: coefficient range, histogram counts."""
+
+    basis: PCABasis
+    eps: float
+    width: int
+    options: dict[str, Any]
+
+    def _layers(self, filterset: FilterSet) -> Iterator[tuple[str | None, Tensor, Tensor]]:
+        for layer, label in zip(filterset, _layer_bins(filterset, self.options)):
+            scaled, nonsparse = _layer_kernels(layer, self.eps)
+            if scaled.shape[1] == self.width:
+                yield label, self.basis.transform(scaled), nonsparse
+
+    def range(self, filterset: FilterSet) -> tuple[float, float]:
+        """Smallest and largest coefficient of every kernel (sparse ones included)."""
+        low, high = math.inf, -math.inf
+        for _, coefficients, _ in self._layers(filterset):
+            if coefficients.numel():
+                low = min(low, float(coefficients.min()))
+                high = max(high, float(coefficients.max()))
+        return low, high
+
+    def counts(self, filterset: FilterSet, edges: np.ndarray) -> dict[str, np.ndarray]:
+        """``{depth bin: (K, bins) int64 counts}`` of the non-sparse kernels, and "all"."""
+        per_bin: dict[str, np.ndarray] = {}
+        for label, coefficients, nonsparse in self._layers(filterset):
+            hist = _histogram_counts(coefficients[nonsparse], edges).numpy()
+            for key in (label, ALL_DEPTHS) if label is not None else (ALL_DEPTHS,):
+                per_bin[key] = per_bin.get(key, 0) + hist
+        return per_bin
+
+
 def _bin_generator(seed: int, index: int, purpose: int) -> np.random.Generator:
     """An independent, reproducible stream per depth bin and purpose."""
     return np.random.default_rng([seed, index, purpose])
@@ -820,37 +861,19 @@ def filter_divergence(
     options = {"bins": depth_bins, "first_bin": first_bin, "include_lowest": include_lowest}
     labels_depth = depth_bin_labels(depth_bins, first_bin=first_bin, include_lowest=include_lowest)
 
-    def projected(filterset: FilterSet) -> Iterator[tuple[str | None, Tensor, Tensor]]:
-        for layer, label in zip(filterset, _layer_bins(filterset, options)):
-            scaled, nonsparse = _layer_kernels(layer, eps)
-            if scaled.shape[1] == width:
-                yield label, fitted.transform(scaled), nonsparse
-
+    projection = _Projection(fitted, eps, width, options)
     if value_range is None:
         low, high = math.inf, -math.inf
-        for source in everything:
-            filterset = source.load()
-            for _, coefficients, _ in projected(filterset):
-                if coefficients.numel():
-                    low = min(low, float(coefficients.min()))
-                    high = max(high, float(coefficients.max()))
-            del filterset
+        for source in everything:  # one model at a time: nothing of it outlives the call
+            low_i, high_i = projection.range(source.load())
+            low, high = min(low, low_i), max(high, high_i)
         if not math.isfinite(low):
             raise ValueError(f"no {kernel_size} kernels in either group: nothing to compare.")
         value_range = (low, high)
     edges = _edges(value_range, bins)
     # Histogram counts per model and depth bin, one model at a time; a model listed
     # twice reuses them. These counts are all that D and both nulls need.
-    counts: dict[int, dict[str, np.ndarray]] = {}
-    for source in everything:
-        filterset = source.load()
-        per_bin: dict[str, np.ndarray] = {}
-        for label, coefficients, nonsparse in projected(filterset):
-            hist = _histogram_counts(coefficients[nonsparse], edges).numpy()
-            for key in (label, ALL_DEPTHS) if label is not None else (ALL_DEPTHS,):
-                per_bin[key] = per_bin.get(key, 0) + hist
-        counts[id(source)] = per_bin
-        del filterset
+    counts = {id(source): projection.counts(source.load(), edges) for source in everything}
     weights = basis.explained_variance_ratio.numpy()
     zero = np.zeros((width, bins), dtype=np.int64)
     listed = src_a + src_b
