@@ -138,3 +138,29 @@ def test_demo_specs_equal_demo_models():
             [demo.load_model("robust", seed=s) for s in range(2)]
         ).explained_variance_ratio.numpy(),
     )
+
+
+def test_divergence_and_basis_stream_a_scan_store(tmp_path):
+    pytest.importorskip("pyarrow")
+    from filterstats.scanning import Store, scan
+    from tests.scan_helpers import build_model, module_loader
+
+    specs_ = [f"net:{i}" for i in range(4)]
+    scan(specs_, tmp_path / "store", workers=1, loader=module_loader, raw_filters=True,
+         raw_dtype="float32", progress=False)  # fmt: skip
+    store = Store(tmp_path / "store")
+    paths = store.filter_paths(["net:2", "net:0"])
+    assert [p.suffix for p in paths] == [".parquet", ".parquet"]
+    from_store = fs.filter_divergence(paths, store.filter_paths(["net:1", "net:3"]), n_null=10)
+    direct = fs.filter_divergence([build_model(2), build_model(0)],
+                                  [build_model(1), build_model(3)], n_null=10)  # fmt: skip
+    assert from_store.to_records() == direct.to_records()
+    assert from_store.value_range == direct.value_range
+    torch.testing.assert_close(
+        fs.pca_basis(store.filter_paths()).components,
+        fs.pca_basis([build_model(i) for i in range(4)]).components,
+    )
+    filters = fs.extract_filters(str(paths[0]))
+    assert filters.names == fs.extract_filters(build_model(2)).names
+    with pytest.raises(ValueError, match="no ok entry"):
+        store.filter_paths(["net:9"])
