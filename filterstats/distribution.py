@@ -127,15 +127,41 @@ def _unique(sets: Sequence[_T]) -> list[_T]:
     return list({id(s): s for s in sets}.values())
 
 
-def _layer_kernels(layer: ConvLayer, eps: float) -> tuple[Tensor, Tensor]:
-    """Scaled kernels ``(N, K)`` float64 (finite rows only) and their non-sparse mask."""
-    rows = layer.kernel_matrix.detach().to(torch.float64)
-    rows = rows[torch.isfinite(rows).all(dim=1)]
-    kernel_max = kernels.kernel_maxabs(rows)
+#: Kernels scaled and projected at once in the streaming passes (bounds memory).
+_CHUNK_ROWS = 1 << 16
+
+
+def _layer_rows(layer: ConvLayer, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """A layer's finite kernels as rows (its dtype), their divisors and non-sparse mask.
+
+    Returns:
+        ``rows (N, K)``, ``divisor (N,)`` float64 (each kernel's largest |value|, 1
+        for an all-zero kernel) and ``nonsparse (N,)`` bool.
+    """
+    rows = layer.kernel_matrix.detach()
+    finite = torch.isfinite(rows).all(dim=1)
+    if not bool(finite.all()):
+        rows = rows[finite]
+    kernel_max = kernels.kernel_maxabs(rows).to(torch.float64)  # exact in any precision
     top = kernel_max.amax() if rows.shape[0] else kernel_max.new_zeros(())
     nonsparse = (kernel_max > eps * top) & (top > 0)
-    scaled = rows / torch.where(kernel_max > 0, kernel_max, 1.0)[:, None]
-    return scaled, nonsparse
+    divisor = torch.where(kernel_max > 0, kernel_max, 1.0)
+    return rows, divisor, nonsparse
+
+
+def _scaled_chunks(layer: ConvLayer, eps: float) -> Iterator[tuple[Tensor, Tensor]]:
+    """The scaled kernels of a layer (float64) and their non-sparse mask, in chunks."""
+    rows, divisor, nonsparse = _layer_rows(layer, eps)
+    for start in range(0, rows.shape[0], _CHUNK_ROWS):
+        stop = start + _CHUNK_ROWS
+        scaled = rows[start:stop].to(torch.float64) / divisor[start:stop, None]
+        yield scaled, nonsparse[start:stop]
+
+
+def _layer_kernels(layer: ConvLayer, eps: float) -> tuple[Tensor, Tensor]:
+    """Scaled kernels ``(N, K)`` float64 (finite rows only) and their non-sparse mask."""
+    rows, divisor, nonsparse = _layer_rows(layer, eps)
+    return rows.to(torch.float64) / divisor[:, None], nonsparse
 
 
 def _check_eps(eps: float) -> float:
@@ -324,10 +350,11 @@ def _model_moments(filterset: FilterSet, eps: float, width: int) -> tuple[Tensor
     total = torch.zeros(width, dtype=torch.float64)
     outer = torch.zeros(width, width, dtype=torch.float64)
     for layer in filterset:
-        scaled, nonsparse = _layer_kernels(layer, eps)
-        if scaled.shape[1] != width:
+        if math.prod(layer.kernel_size) != width:
             continue
-        n, s, q = kernels.kernel_moments(scaled, weights=nonsparse.to(torch.float64))
+        rows, divisor, nonsparse = _layer_rows(layer, eps)
+        # Chunked inside: the scaled kernels are never held whole.
+        n, s, q = kernels.kernel_moments(rows, weights=nonsparse.to(torch.float64), scale=divisor)
         count, total, outer = count + n.cpu(), total + s.cpu(), outer + q.cpu()
     return count, total, outer
 
@@ -734,9 +761,11 @@ class _Projection:
     options: dict[str, Any]
 
     def _layers(self, filterset: FilterSet) -> Iterator[tuple[str | None, Tensor, Tensor]]:
+        """``(depth bin, coefficients, non-sparse mask)`` per chunk of each layer."""
         for layer, label in zip(filterset, _layer_bins(filterset, self.options)):
-            scaled, nonsparse = _layer_kernels(layer, self.eps)
-            if scaled.shape[1] == self.width:
+            if math.prod(layer.kernel_size) != self.width:
+                continue
+            for scaled, nonsparse in _scaled_chunks(layer, self.eps):
                 yield label, self.basis.transform(scaled), nonsparse
 
     def range(self, filterset: FilterSet) -> tuple[float, float]:
