@@ -206,7 +206,10 @@ def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> lis
             _table("definitions", *_records_of(check)),
         ]
     if divergence is not None:
+        made = getattr(divergence, "_title", lambda: "")()  # how it was made, with its null
+        note = getattr(divergence, "p_value_note", "")
         parts += ["<h2>Distribution shift by depth</h2>",
+                  f'<p class="meta">{html.escape(made)}. {html.escape(note)}</p>',
                   _table("divergence", *_records_of(divergence))]  # fmt: skip
     if obj.unmatched:
         items = "".join(f"<li>{html.escape(u)}</li>" for u in obj.unmatched)
