@@ -99,7 +99,7 @@ class RowTable:
             writer.writerow({key: csv_value(value) for key, value in record.items()})
         text = buffer.getvalue()
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.csv")
         return text
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -117,7 +117,7 @@ class RowTable:
         ]
         text = json.dumps(records, indent=1, allow_nan=False)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.json")
         return text
 
     def to_pandas(self) -> Any:

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from filterstats._files import atomic_target
+from filterstats._files import atomic_target, check_output_file
 from filterstats._optional import require
 from filterstats.distribution import DivergenceByDepth, filter_divergence
 from filterstats.layers import ConvLayer, FilterSet
@@ -742,7 +742,7 @@ def write_cfdb(
     h5py = require("h5py", extra="cfdb")
     pd = require("pandas", extra="cfdb")
     require("tables", extra="cfdb")
-    target = Path(path)
+    target = check_output_file(path, example="filters.h5")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
     kernel_size = (int(kernel_size[0]), int(kernel_size[1]))
@@ -758,7 +758,7 @@ def write_cfdb(
 
     streams = _sources(source, kernel_size, models)
     width = math.prod(kernel_size)
-    with atomic_target(target) as temporary:
+    with atomic_target(target, example="filters.h5") as temporary:
         layers: list[_Layer] = []
         with h5py.File(temporary, "w") as file:
             kernels = file.create_dataset(

@@ -710,7 +710,7 @@ class DivergenceByDepth(RowTable):
         body = RowTable.to_csv(self)
         text = "# filterstats " + json.dumps(self.provenance(), sort_keys=True) + "\n" + body
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.csv")
         return text
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -728,7 +728,7 @@ class DivergenceByDepth(RowTable):
         }
         text = json.dumps(payload, indent=1, allow_nan=False)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.json")
         return text
 
     def to_pandas(self) -> Any:

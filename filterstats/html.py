@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from filterstats._files import atomic_write_text, check_output_file
 from filterstats._tables import html_table
 from filterstats.compare import Comparison
 from filterstats.results import FilterReport
@@ -255,6 +256,7 @@ def report(
         >>> fs.report(fs.analyze(net), out, figures=False).exists()
         True
     """
+    check_output_file(path, example="report.html")  # before any work
     figures = figures and _figures_available()
     if isinstance(obj, Comparison):
         heading = title or f"filterstats comparison: {obj.labels[0]} vs {obj.labels[1]}"
@@ -278,12 +280,5 @@ def report(
         + "\n".join(parts)
         + "</body></html>\n"
     )
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        temporary.replace(target)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return target
+    atomic_write_text(path, page, example="report.html")
+    return Path(path)

@@ -304,7 +304,7 @@ class FilterReport(Sequence[LayerRow]):
             writer.writerow({k: csv_value(v) for k, v in record.items()})
         text = buffer.getvalue()
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.csv")
         return text
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -324,7 +324,7 @@ class FilterReport(Sequence[LayerRow]):
         }
         text = json.dumps(payload, indent=1, allow_nan=False)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.json")
         return text
 
     def to_parquet(self, path: str | os.PathLike[str]) -> None:
@@ -341,7 +341,7 @@ class FilterReport(Sequence[LayerRow]):
         table = pa.table(columns, schema=_arrow_schema(pa, values))
         meta = {b"filterstats": json.dumps(self.provenance()).encode()}
         table = table.replace_schema_metadata(meta)
-        with atomic_target(path) as temporary:
+        with atomic_target(path, example="table.parquet") as temporary:
             pq.write_table(table, temporary)
 
     # ---------------------------------------------------------------- display

@@ -341,7 +341,7 @@ class ConvSpectra(RowTable, Sequence[SpectrumRow]):
             writer.writerow({key: csv_value(value) for key, value in record.items()})
         text = buffer.getvalue()
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.csv")
         return text
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -361,7 +361,7 @@ class ConvSpectra(RowTable, Sequence[SpectrumRow]):
         }
         text = json.dumps(payload, indent=1, allow_nan=False)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.json")
         return text
 
     def to_pandas(self) -> Any:

@@ -307,7 +307,7 @@ class _ProvenanceTable(RowTable):
         text = "# filterstats " + json.dumps(_jsonable(self.provenance), sort_keys=True) + "\n"
         text += RowTable.to_csv(self)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.csv")
         return text
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -325,7 +325,7 @@ class _ProvenanceTable(RowTable):
         }
         text = json.dumps(payload, indent=1, allow_nan=False)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write_text(path, text, example="table.json")
         return text
 
     def to_pandas(self) -> Any:
@@ -352,7 +352,7 @@ class _ProvenanceTable(RowTable):
         meta = dict(table.schema.metadata or {})
         meta[b"filterstats"] = json.dumps(_jsonable(self.provenance)).encode()
         table = table.replace_schema_metadata(meta)
-        with atomic_target(path) as temporary:
+        with atomic_target(path, example="table.parquet") as temporary:
             pq.write_table(table, temporary)
 
     def _repr_html_(self) -> str:
