@@ -29,6 +29,14 @@ def progress_bar(
     if not enabled or importlib.util.find_spec("tqdm") is None:
         yield from items
         return
-    from tqdm.auto import tqdm
+    import logging
 
-    yield from tqdm(items, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # The package's log lines (warnings of a scan's workers) print above the bar, not
+    # into it.
+    with logging_redirect_tqdm(loggers=[logging.getLogger("filterstats")]):
+        yield from tqdm(
+            items, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True
+        )

@@ -223,3 +223,25 @@ def test_read_specs_and_argument_errors(tmp_path):
         scan(["a.pt"], tmp_path / "store", executor="dask")
     with pytest.raises(FileNotFoundError, match="not a filterstats store"):
         open_store(tmp_path / "nowhere")
+
+
+def test_worker_warnings_are_logged_by_the_scan_not_printed_by_the_workers(tmp_path, caplog, capfd):
+    import logging
+    import warnings
+
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    from tests.scan_helpers import build_model
+
+    specs = write_checkpoints(tmp_path / "ckpts", 1)
+    for index in (1, 2):
+        path = tmp_path / "ckpts" / f"sorted_{index}.safetensors"
+        safetensors_torch.save_file(build_model(index).state_dict(), str(path))
+        specs.append(str(path))
+    with caplog.at_level(logging.WARNING, logger="filterstats"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing reaches this process as a Python warning
+        summary = scan(specs, tmp_path / "store", workers=2, progress=False)
+    assert summary.ok
+    logged = [r for r in caplog.records if "safetensors sorts its keys" in r.getMessage()]
+    assert sorted(r.getMessage().split(":")[0] for r in logged) == specs[1:]  # one per model
+    assert all(r.levelno == logging.WARNING for r in logged)
+    assert "FilterStatsWarning" not in capfd.readouterr().err

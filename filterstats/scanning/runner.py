@@ -347,6 +347,11 @@ def scan(
 
 def _outcome(result: TaskResult | Lost, by_spec: dict[str, ScanTask], store: Store) -> ModelOutcome:
     if isinstance(result, TaskResult):
+        for message in getattr(result, "warnings", ()):  # results of older workers lack it
+            # One line each, as the command line prints warnings; named by model unless
+            # the message already names it.
+            named = message if result.spec in message else f"{result.spec}: {message}"
+            logger.warning("%s", named)
         return ModelOutcome(result.spec, result.status, result.error, result.seconds)
     task: ScanTask = result.item
     entry = store.entry(task.spec)

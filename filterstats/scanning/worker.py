@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -70,6 +71,8 @@ class TaskResult:
         seconds: Wall time for the model.
         n_measured: Layers measured.
         n_filters: Kernels in the measured layers.
+        warnings: The warnings raised while scanning the model, one text each (the
+            scan logs them in the calling process, logger ``filterstats.scanning``).
     """
 
     spec: str
@@ -78,6 +81,7 @@ class TaskResult:
     seconds: float = 0.0
     n_measured: int = 0
     n_filters: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -180,6 +184,27 @@ def run_task(task: ScanTask) -> TaskResult:
     start = time.perf_counter()
     store = Store(task.store)
     store.clean(task.spec)
+    # Warnings go back with the result (a worker process has no terminal of its own):
+    # the scan logs them where it runs, one line each, whatever the executor.
+    with warnings.catch_warnings(record=True) as caught:
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            # Deprecation notices of other packages (torch, timm) are not the user's.
+            warnings.filterwarnings("ignore", category=category, module=r"(?!filterstats)")
+        entry = _scan_one(task, store, start)
+    messages = tuple(dict.fromkeys(str(item.message) for item in caught))
+    store.commit(entry)
+    return TaskResult(
+        spec=task.spec,
+        status=entry.status,
+        error=entry.error,
+        seconds=time.perf_counter() - start,
+        n_measured=entry.n_measured,
+        n_filters=entry.n_filters,
+        warnings=messages,
+    )
+
+
+def _scan_one(task: ScanTask, store: Store, start: float) -> StoreEntry:
     try:
         entry = _measure(task, store)
     except Exception as error:  # a bad model must not stop the scan: record it
@@ -189,12 +214,4 @@ def run_task(task: ScanTask) -> TaskResult:
         entry = failure_entry(task, message, trace, time.perf_counter() - start)
     finally:
         gc.collect()  # models can hold gigabytes; free them before the next one
-    store.commit(entry)
-    return TaskResult(
-        spec=task.spec,
-        status=entry.status,
-        error=entry.error,
-        seconds=time.perf_counter() - start,
-        n_measured=entry.n_measured,
-        n_filters=entry.n_filters,
-    )
+    return entry

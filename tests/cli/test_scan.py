@@ -131,3 +131,21 @@ def test_cli_trust_pickle_reaches_the_scan_and_its_hint_is_true(tmp_path, capsys
     assert main([*args, "--store", str(tmp_path / "trusted"), "--trust-pickle"]) == 0
     frame = open_store(tmp_path / "trusted")
     assert list(frame["layer"]) == ["0"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_scan_prints_worker_warnings_as_one_line_each(tmp_path, capfd, workers):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    from tests.scan_helpers import build_model
+
+    good = write_checkpoints(tmp_path / "ckpts", 1)
+    sorted_keys = tmp_path / "ckpts" / "sorted.safetensors"
+    safetensors_torch.save_file(build_model(1).state_dict(), str(sorted_keys))
+    path = specs_file(tmp_path, [good[0], str(sorted_keys)])
+    code = main(["scan", str(path), "--store", str(tmp_path / "store"), "--workers", workers])
+    err = capfd.readouterr().err
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "safetensors sorts its keys" in line]
+    assert len(lines) == 1, err
+    assert lines[0].lstrip("\r").startswith(f"filterstats: warning: {sorted_keys}: "), err
+    assert "FilterStatsWarning" not in err and "warnings.warn" not in err and ".py:" not in err
