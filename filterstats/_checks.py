@@ -28,8 +28,13 @@ def check_eps(eps: float) -> float:
     return float(eps)
 
 
-def normalize_kernel_size(kernel_size: object) -> int | tuple[int, ...] | None:
-    """Validate ``kernel_size``: ``None``, a positive int (every dimension) or a tuple."""
+def normalize_kernel_size(kernel_size: object) -> tuple[int, ...] | None:
+    """Validate ``kernel_size``: ``None``, a positive int ``k`` or a tuple.
+
+    An int means what ``nn.Conv2d(kernel_size=k)`` means, ``(k, k)``, as the command
+    line's ``--kernel-size 3``: both record the selection as ``"3x3"``. Other
+    dimensions take a tuple (``(3,)``, ``(3, 3, 3)``).
+    """
     if kernel_size is None:
         return None
     if isinstance(kernel_size, bool):
@@ -37,12 +42,12 @@ def normalize_kernel_size(kernel_size: object) -> int | tuple[int, ...] | None:
     if isinstance(kernel_size, int):
         if kernel_size < 1:
             raise ValueError(f"`kernel_size` must be positive, got {kernel_size}.")
-        return kernel_size
+        return (kernel_size, kernel_size)
     if isinstance(kernel_size, (tuple, list)) and all(
         isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in kernel_size
     ):
         return tuple(kernel_size)
     raise TypeError(
-        f"`kernel_size` must be None (every size), a positive int (e.g. 3 for 3x3 and 3x3x3) "
-        f"or a tuple such as (3, 3); got {kernel_size!r}."
+        f"`kernel_size` must be None (every size), a positive int (3 for 3x3, as in "
+        f"nn.Conv2d) or a tuple such as (3, 3) or (3, 3, 3); got {kernel_size!r}."
     )

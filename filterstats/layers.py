@@ -48,8 +48,9 @@ def layer_kind(groups: int | None, in_channels: int | None) -> str:
 #: state dict whose weight key is plain ``"weight"``): its module path is empty.
 ROOT_NAME = "(root)"
 
-#: A kernel-size selection: a tuple (exactly this size), an int ``k`` (every
-#: dimension ``k``) or ``None`` (every size).
+#: A kernel-size selection: a tuple (exactly this size), an int ``k`` (``(k, k)``, as
+#: ``nn.Conv2d(kernel_size=k)`` and the command line's ``--kernel-size k``) or ``None``
+#: (every size).
 KernelSelection = int | tuple[int, ...] | None
 
 
@@ -77,13 +78,13 @@ def kernel_matches(kernel: tuple[int, ...], wanted: KernelSelection) -> bool:
     """
     if wanted is None:
         return True
-    if isinstance(wanted, int):
-        return all(k == wanted for k in kernel)
+    if isinstance(wanted, int):  # as nn.Conv2d(kernel_size=k): (k, k)
+        wanted = (wanted, wanted)
     return tuple(kernel) == tuple(wanted)
 
 
 def selection_text(wanted: KernelSelection) -> str:
-    """A selection as recorded in reports: ``"3x3"``, ``"3x..."`` (int) or ``"all"``.
+    """A selection as recorded in reports: ``"3x3"`` (also for the int ``3``) or ``"all"``.
 
     Args:
         wanted: The selection.
@@ -93,8 +94,8 @@ def selection_text(wanted: KernelSelection) -> str:
     """
     if wanted is None:
         return "all"
-    if isinstance(wanted, int):
-        return f"{wanted}x..."
+    if isinstance(wanted, int):  # as nn.Conv2d(kernel_size=k): (k, k)
+        wanted = (wanted, wanted)
     return "x".join(str(k) for k in wanted)
 
 
@@ -257,8 +258,8 @@ class FilterSet(Sequence[ConvLayer]):
         was applied).
 
         Args:
-            kernel_size: ``(3, 3)`` (exactly this size), ``3`` (every dimension 3)
-                or ``None`` (every size).
+            kernel_size: ``(3, 3)`` (exactly this size), ``3`` (the same as ``(3, 3)``,
+                as in ``nn.Conv2d``) or ``None`` (every size).
 
         Returns:
             The selected set (``self`` when nothing changes).
@@ -364,4 +365,4 @@ class FilterSet(Sequence[ConvLayer]):
 
 
 def _describe(wanted: KernelSelection) -> str:
-    return f"{wanted}x..." if isinstance(wanted, int) else str(wanted)
+    return str((wanted, wanted) if isinstance(wanted, int) else wanted)

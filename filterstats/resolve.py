@@ -136,7 +136,8 @@ def extract_filters(
             ``FilterSet``, or a path / model spec string (``"model.pt"``,
             ``"net.onnx"``, ``"demo:robust"``, ``"timm:resnet18@weights.safetensors"``).
         kernel_size: Kernel size to select: a tuple such as ``(3, 3)`` (the paper's),
-            an int ``k`` (every dimension ``k``), or ``None`` for every size. A
+            an int ``k`` (``(k, k)``, as in ``nn.Conv2d``; other dimensions take a
+            tuple such as ``(3, 3, 3)``), or ``None`` for every size. A
             ``FilterSet`` already selected keeps its narrower selection.
         example_inputs: Input(s) for a forward pass, used for depth when the model
             does not trace with ``torch.fx``.

@@ -133,7 +133,7 @@ class AnalysisParams:
     Attributes:
         eps: Sparsity threshold (fraction of the layer's largest |weight|).
         kernel_size: The kernel-size selection that was applied, as text (``"3x3"``,
-            ``"3x..."`` for every dimension 3, ``"all"``).
+            also for ``kernel_size=3``; ``"all"``).
         definition: ``"paper"`` or ``"torchconvquality"``.
         scale_filters: Kernels divided by their own max |value| for diversity.
         drop_sparse: Sparse kernels left out of ``diversity``.

@@ -197,6 +197,25 @@ def test_tables_export_csv_and_json_without_pandas_matching_pandas(tmp_path, tab
                 assert got[key] == value
 
 
+def test_reports_measured_differently_are_compared_with_one_warning():
+    import warnings
+
+    base = make_net(8, depth=3)
+    net = nn.Sequential(*base, nn.Conv2d(8, 8, 1))
+    three = fs.analyze(net, label="a", kernel_size=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an int and its tuple are one selection
+        same = fs.compare(three, fs.analyze(net, label="b", kernel_size=(3, 3)), n_boot=50)
+    assert same.provenance["kernel_size"] == "3x3"
+    every = fs.analyze(net, label="b", kernel_size=None)
+    with pytest.warns(fs.FilterStatsWarning, match=r"different kernel_size \(3x3, all\)"):
+        mixed = fs.compare(three, every, n_boot=50)
+    assert mixed.provenance["kernel_size"] == "mixed: 3x3, all"
+    other_eps = fs.analyze(net, label="b", kernel_size=3, eps=0.1)
+    with pytest.warns(fs.FilterStatsWarning, match=r"different eps \(0.01, 0.1\)"):
+        fs.compare(three, other_eps, n_boot=50)
+
+
 def test_printing_never_runs_a_bootstrap(monkeypatch):
     import importlib
 

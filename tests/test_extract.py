@@ -94,11 +94,28 @@ def test_model_is_left_untouched():
 def test_kernel_size_options():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, (1, 3)), nn.Conv1d(4, 4, 3))
     assert fs.extract_filters(net).names == ("0",)
-    assert fs.extract_filters(net, kernel_size=3).names == ("0", "2")
+    # An int means what nn.Conv2d(kernel_size=3) means, (3, 3); 1-D needs a tuple.
+    assert fs.extract_filters(net, kernel_size=3).names == ("0",)
+    assert fs.extract_filters(net, kernel_size=(3,)).names == ("2",)
     assert fs.extract_filters(net, kernel_size=(1, 3)).names == ("1",)
     assert len(fs.extract_filters(net, kernel_size=None)) == 3
     with pytest.raises(TypeError, match="kernel_size"):
         fs.extract_filters(net, kernel_size="3x3")
+
+
+def test_int_kernel_size_is_recorded_as_the_command_line_records_it():
+    from filterstats.cli._common import kernel_size as cli_kernel_size
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1), nn.Conv3d(4, 4, 3))
+    python, cli = fs.analyze(net, kernel_size=3), fs.analyze(net, kernel_size=cli_kernel_size("3"))
+    assert python.params == cli.params
+    assert python.params.kernel_size == "3x3"
+    assert fs.extract_filters(net, kernel_size=3).kernel_size == (3, 3)
+    assert [s.reason for s in fs.extract_filters(net, kernel_size=3).skipped] == [
+        "kernel size (1, 1) is not (3, 3)",
+        "kernel size (3, 3, 3) is not (3, 3)",
+    ]
+    assert fs.extract_filters(net, kernel_size=(3, 3, 3)).names == ("2",)
 
 
 def test_conv_kinds_and_orientation_of_transposed():

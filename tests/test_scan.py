@@ -245,3 +245,13 @@ def test_worker_warnings_are_logged_by_the_scan_not_printed_by_the_workers(tmp_p
     assert sorted(r.getMessage().split(":")[0] for r in logged) == specs[1:]  # one per model
     assert all(r.levelno == logging.WARNING for r in logged)
     assert "FilterStatsWarning" not in capfd.readouterr().err
+
+
+def test_int_kernel_size_is_the_same_scan_as_its_tuple(tmp_path):
+    specs = write_checkpoints(tmp_path / "ckpts", 1)
+    first = scan(specs, tmp_path / "store", workers=1, progress=False, raw_filters=True)
+    assert first.succeeded == tuple(specs)
+    again = scan(specs, tmp_path / "store", kernel_size=3, workers=1, progress=False,
+                 raw_filters=True)  # fmt: skip
+    assert again.skipped == tuple(specs)
+    assert Store(tmp_path / "store").entries()[0].key_fields["kernel_size"] == "3x3"

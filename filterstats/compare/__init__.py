@@ -16,12 +16,14 @@ it reports no test or interval. This module adds them:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
 from filterstats import metric_table
 from filterstats._checks import check_choice
+from filterstats._warnings import FilterStatsWarning
 from filterstats.compare.matching import (
     match_by_depth,
     match_by_name,
@@ -191,6 +193,27 @@ def compare(
     )
 
 
+def _warn_mixed_params(reports: Sequence[FilterReport]) -> None:
+    """One warning when the reports were measured differently (definition, eps, kernels).
+
+    The comparison still runs (its provenance records such a parameter as
+    ``"mixed: x, y"``), but its differences then mix what was measured with how.
+    """
+    mixed = []
+    for name in ("definition", "eps", "kernel_size"):
+        values = sorted({str(getattr(report.params, name)) for report in reports})
+        if len(values) > 1:
+            mixed.append(f"{name} ({', '.join(values)})")
+    if mixed:
+        warnings.warn(
+            f"compare: the reports were measured with different {'; '.join(mixed)}, so the "
+            "differences mix the models with the settings; measure both sides with the same "
+            "settings (pass models, or analyze() them with the same options).",
+            FilterStatsWarning,
+            stacklevel=4,
+        )
+
+
 def _assemble(
     a: Any, b: Any, analyze_kwargs: Mapping[str, Any], settings: Mapping[str, Any]
 ) -> Comparison:
@@ -201,6 +224,7 @@ def _assemble(
     group_a = resolve_group(a, labels[0], analyze_kwargs, progress=settings["progress"])
     group_b = resolve_group(b, labels[1], analyze_kwargs, progress=settings["progress"])
     group_a, group_b = uniquify([group_a, group_b])
+    _warn_mixed_params([*group_a, *group_b])
     resolved = resolve_pairs(pairs, group_a, group_b)
     same = all(signature(group_a[i]) == signature(group_b[j]) for i, j in resolved)
     used = match if match != "auto" else ("name" if same else "depth")

@@ -263,6 +263,7 @@ def scan(
             f"{str(specs)!r}; wrap it in a list, or read a specs file with "
             "filterstats.scanning.read_specs(path)."
         )
+    kernel_size = normalize_kernel_size(kernel_size)  # 3 is (3, 3), as everywhere
     if raw_filters:
         if raw_dtype not in RAW_DTYPES:
             raise ValueError(f"`raw_dtype` must be one of {RAW_DTYPES}, got {raw_dtype!r}.")
@@ -283,7 +284,7 @@ def scan(
     from filterstats.results import SCHEMA_VERSION
 
     settings = {
-        "kernel_size": selection_text(normalize_kernel_size(kernel_size)),
+        "kernel_size": selection_text(kernel_size),
         "eps": eps,
         "definition": definition,
         "normalize": normalize,

@@ -103,8 +103,8 @@ def extract_onnx_filters(
 
     Args:
         path: The ``.onnx`` file (external data next to it is read too).
-        kernel_size: ``(3, 3)`` (exactly this size, the paper's), ``3`` (every
-            dimension 3) or ``None`` (every size). Other sizes are listed in
+        kernel_size: ``(3, 3)`` (exactly this size, the paper's), ``3`` (the same
+            as ``(3, 3)``, as in ``nn.Conv2d``) or ``None`` (every size). Other sizes are listed in
             ``skipped``, with ``FilterSet.select``'s reason.
 
     Returns:

@@ -228,8 +228,8 @@ def test_default_selection_is_3x3_with_select_reasons(exports):
         ("conv_u", "shares its weight with 'conv_t' (counted once there)"),
     ]
     assert [s.reason for s in extract_onnx_filters(path, kernel_size=3).skipped][:2] == [
-        "kernel size (1, 1) is not 3x...",
-        "kernel size (5, 5) is not 3x...",
+        "kernel size (1, 1) is not (3, 3)",
+        "kernel size (5, 5) is not (3, 3)",
     ]
 
 
