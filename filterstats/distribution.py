@@ -796,7 +796,7 @@ def filter_divergence(
     a: Any,
     b: Any,
     *,
-    labels: tuple[str, str] = ("robust", "normal"),
+    labels: tuple[str, str] = ("a", "b"),
     basis: PCABasis | None = None,
     bins: int = 70,
     value_range: tuple[float, float] | None = None,
@@ -834,7 +834,8 @@ def filter_divergence(
             them (group a).
         b: The same for group b. A model listed several times (a twin shared by
             several pairs) counts that often under ``twins="per_pair"`` (the paper).
-        labels: Names of the groups.
+        labels: Names of the groups, ``("a", "b")`` unless given (as in ``compare`` and
+            the command line): pass ``("robust", "normal")`` for the paper's groups.
         basis: Shared basis; default: PCA of the non-sparse scaled kernels of both
             groups, each model once (the paper's ``full`` basis).
         bins: Histogram bins per component (70).

@@ -52,7 +52,7 @@ def test_sparser_model_is_significantly_sparser_most_in_the_last_bins():
     assert row.mean_diff > 0.2 and row.median_diff > 0
     # One pair: no interval or test across models; the layer-level ones are descriptive.
     assert math.isnan(row.ci_low) and math.isnan(row.p_value)
-    assert row.signs == "robust > normal in 1 of 1 pair"
+    assert row.signs == "a > b in 1 of 1 pair"
     assert row.unit_ci_low > 0
     assert row.wilcoxon_p < 0.01 and row.rank_biserial == 1.0
     # Independent check of the paired test on the per-layer columns.
@@ -67,7 +67,7 @@ def test_sparser_model_is_significantly_sparser_most_in_the_last_bins():
     assert ranking == () and "one pair" in ranking.reason
     text = repr(cmp.summary())
     assert "no inference across models is possible" in text
-    assert "robust > normal" in text  # per-layer signs
+    assert "a > b" in text  # per-layer signs
 
 
 def test_orthogonal_model_is_more_orthogonal():
@@ -104,7 +104,7 @@ def test_groups_of_pairs_per_bin_and_group_tests():
         assert row.n == 6 and row.mean_diff > 0 and row.wilcoxon_p < 0.05
     assert set(depth.most_different("sparsity", k=2)) == LAST_BINS
     assert set(cmp.most_different("sparsity", k=2)) == LAST_BINS
-    assert summary.signs == "robust > normal in 6 of 6 pairs"
+    assert summary.signs == "a > b in 6 of 6 pairs"
     assert summary.p_value == summary.pair_wilcoxon_p and summary.ci_low > 0
 
 
@@ -130,7 +130,7 @@ def test_different_architectures_are_matched_by_depth():
     assert cmp.match == "depth"
     units = {m.unit for m in cmp.matched}
     assert units == {"first", "(0.1, 0.2]", "(0.3, 0.4]", "(0.5, 0.6]", "(0.7, 0.8]", "(0.9, 1.0]"}
-    assert any("only in robust" in u for u in cmp.unmatched)
+    assert any("only in a" in u for u in cmp.unmatched)
     with pytest.raises(ValueError, match="no layer name in common|unit='layer'"):
         cmp.by_depth(unit="layer")
 

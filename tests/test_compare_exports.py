@@ -128,10 +128,10 @@ def test_groups_of_models_show_progress_while_they_are_analysed(monkeypatch):
     monkeypatch.setattr(matching, "progress_bar", recording_bar)
     nets = [make_net(seed) for seed in range(4)]
     fs.compare(nets[:2], nets[2:], n_boot=50)
-    assert shown == [("analyse robust", True), ("analyse normal", True)]
+    assert shown == [("analyse a", True), ("analyse b", True)]
     shown.clear()
     fs.compare(nets[0], nets[1], n_boot=50)
-    assert shown == [("analyse robust", False), ("analyse normal", False)]
+    assert shown == [("analyse a", False), ("analyse b", False)]
     shown.clear()
     fs.compare(nets[:2], nets[2:], n_boot=50, progress=False)
     assert [enabled for _, enabled in shown] == [False, False]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -84,6 +85,18 @@ def test_divergence_equals_the_papers_recipe():
     counts_b = [sum(int(plain_scaled(n[i].weight)[1].sum()) for n in nets_b) for i in range(6)]
     assert [r.n_b for r in result.by_depth] == counts_b
     assert counts_b[1] == 2 * 8 * 6  # two zeroed input channels of 8 are sparse
+
+
+def test_default_labels_claim_no_training_and_match_compare():
+    a, b = make_net(0, shift=0.3), make_net(1)
+    result = fs.filter_divergence([a], [b], depth_bins=2, n_null=0)
+    assert result.labels == ("a", "b") == fs.compare(a, b, n_boot=20).labels
+    assert repr(result).startswith("Distribution shift a vs b:")
+    assert "robust" not in repr(result) and "normal" not in repr(result)
+    for function in (fs.filter_divergence, fs.compare):
+        assert inspect.signature(function).parameters["labels"].default == ("a", "b")
+    named = fs.filter_divergence([a], [b], depth_bins=2, n_null=0, labels=("robust", "normal"))
+    assert repr(named).startswith("Distribution shift robust vs normal:")
 
 
 def test_divergence_zero_symmetric_and_growing():

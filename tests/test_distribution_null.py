@@ -170,7 +170,7 @@ def test_demo_same_kind_groups_nothing_significant(demo_models):
 
 def test_demo_table_golden_and_exports_carry_provenance(demo_models, golden, tmp_path):
     n, r = ([demo_models[k, s] for s in range(3)] for k in ("normal", "robust"))
-    result = fs.filter_divergence(r, n, depth_bins=4)
+    result = fs.filter_divergence(r, n, depth_bins=4, labels=("robust", "normal"))
     golden.check("divergence_demo", repr(result).replace(__version__, "VERSION") + "\n")
     assert result.provenance()["version"] == __version__
     csv = result.to_csv(tmp_path / "d.csv")

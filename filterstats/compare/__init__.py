@@ -79,7 +79,7 @@ def compare(
     a: Any,
     b: Any,
     *,
-    labels: tuple[str, str] = ("robust", "normal"),
+    labels: tuple[str, str] = ("a", "b"),
     pairs: Sequence[tuple[int | str, int | str]] | None = None,
     match: Match = "auto",
     metrics: Sequence[str] = DEFAULT_METRICS,
@@ -107,7 +107,8 @@ def compare(
     Args:
         a: First group (the paper's robust models). Differences are ``a - b``.
         b: Second group (the normally trained twins).
-        labels: Names of the two groups.
+        labels: Names of the two groups, ``("a", "b")`` unless given (as on the command
+            line): pass ``("robust", "normal")`` for the paper's groups.
         pairs: ``(a, b)`` pairs as indices or model labels. Default: position by
             position for groups of equal size, or everything against a single model.
         match: ``"name"``: match layers by module path (same architecture);
