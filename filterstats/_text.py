@@ -5,7 +5,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["fmt", "render_table"]
+__all__ = ["fmt", "plural", "render_table"]
+
+
+def plural(n: int, word: str, plural: str | None = None) -> str:
+    """``n`` and ``word``, pluralised: ``"1 layer"``, ``"2 layers"``, ``"0 layers"``.
+
+    Args:
+        n: How many.
+        word: The singular noun.
+        plural: The plural when it is not ``word + "s"``.
+
+    Returns:
+        The text.
+    """
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def fmt(value: float, digits: int = 4) -> str:

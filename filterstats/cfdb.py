@@ -58,6 +58,7 @@ from torch import nn
 
 from filterstats._files import atomic_target, check_output_file
 from filterstats._optional import require
+from filterstats._text import plural
 from filterstats.distribution import DivergenceByDepth, filter_divergence
 from filterstats.layers import ConvLayer, FilterSet
 from filterstats.resolve import extract_filters
@@ -117,7 +118,8 @@ class FilterDB:
 
     def __repr__(self) -> str:
         return (
-            f"FilterDB({self.path.name}: {len(self.models)} models, {len(self)} layers, "
+            f"FilterDB({self.path.name}: {plural(len(self.models), 'model')}, "
+            f"{plural(len(self), 'layer')}, "
             f"{self.n_filters:,} kernels {'x'.join(map(str, self.kernel_size))}; "
             f"columns: {', '.join(list(self.meta)[:12])}{', ...' if len(self.meta) > 12 else ''})"
         )

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from filterstats._text import plural
+
 __all__ = [
     "LIGHTNING_KEYS",
     "WRAPPER_KEYS",
@@ -79,6 +81,8 @@ LIGHTNING_KEYS: tuple[str, ...] = ("pytorch-lightning_version", "lightning_versi
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_MAGIC = b"\x80"
+#: safetensors caps its JSON header at 100 MB: a larger size is not a safetensors header.
+_SAFETENSORS_MAX_HEADER = 100_000_000
 _HTML = re.compile(rb"^\s*(<!doctype|<html|<head|<body|<\?xml|<!--|<meta|<script|<title)", re.I)
 
 
@@ -198,12 +202,24 @@ def to_state_dict(checkpoint: Any, *, source: str = "checkpoint") -> dict[str, T
     """
     found = _unwrap(checkpoint)
     if found is None:
-        keys = list(checkpoint)[:10] if isinstance(checkpoint, Mapping) else []
-        raise CheckpointError(
-            f"{source} holds no state dict: got {type(checkpoint).__name__}"
-            f"{f' with keys {keys}' if keys else ''}. Expected a mapping of parameter names to "
-            f"tensors, possibly under one of {list(WRAPPER_KEYS)}."
+        expected = (
+            "Expected a state dict, a mapping of parameter names to tensors "
+            "({'conv1.weight': tensor, ...}, as `model.state_dict()` gives), possibly under "
+            f"one of {list(WRAPPER_KEYS)}."
         )
+        if isinstance(checkpoint, Mapping):
+            keys = [str(key) for key in list(checkpoint)[:5]]
+            more = f" and {len(checkpoint) - 5} more" if len(checkpoint) > 5 else ""
+            kinds = sorted({type(value).__name__ for value in checkpoint.values()})
+            found_text = f"a {type(checkpoint).__name__} with no tensors " + (
+                f"({plural(len(checkpoint), 'key')}: {', '.join(map(repr, keys))}{more}; "
+                f"values: {', '.join(kinds[:5])})"
+                if checkpoint
+                else "(empty)"
+            )
+        else:
+            found_text = f"it is a {type(checkpoint).__name__}"
+        raise CheckpointError(f"{source} holds no state dict: {found_text}. {expected}")
     state: dict[str, Tensor] = {}
     dropped = []
     for key, value in found.items():
@@ -316,6 +332,12 @@ def _sniff(file: Path) -> str:
         (header_size,) = struct.unpack("<Q", head[:8])
         if head[8:9] == b"{" and 8 + header_size <= size:
             return "safetensors"
+        if head[8:9] == b"{" and header_size < _SAFETENSORS_MAX_HEADER:
+            raise CheckpointError(
+                f"{file} looks like a truncated or corrupt safetensors file: its header says "
+                f"{8 + header_size:,} bytes of metadata, but the whole file has {size:,} bytes. "
+                "An interrupted download or copy: download it again."
+            )
     if _HTML.match(head):
         raise CheckpointError(
             f"{file} is an HTML page, not a checkpoint ({size} bytes): a download that saved an "

@@ -21,6 +21,7 @@ from typing import Any
 
 from filterstats._files import atomic_write_text, check_output_file
 from filterstats._tables import html_table
+from filterstats._text import plural
 from filterstats.compare import Comparison
 from filterstats.results import FilterReport
 
@@ -106,7 +107,8 @@ def _report_sections(obj: FilterReport, figures: bool) -> list[str]:
     records = obj.to_records()
     params = ", ".join(f"{k}={v}" for k, v in asdict(obj.params).items())
     parts = [
-        f'<p class="meta">{len(obj.measured)} layers measured, {len(obj.skipped)} skipped; '
+        f'<p class="meta">{plural(len(obj.measured), "layer")} measured, '
+        f"{len(obj.skipped)} skipped; "
         f"parameters: {html.escape(params)}</p>",
         "<h2>Layers</h2>",
         _table("layers", [r for r in records if r["status"] == "ok"], _layer_columns(obj)),

@@ -10,6 +10,7 @@ from typing import overload
 from torch import Tensor
 
 from filterstats._checks import normalize_kernel_size
+from filterstats._text import plural
 
 __all__ = [
     "ROOT_NAME",
@@ -347,7 +348,7 @@ class FilterSet(Sequence[ConvLayer]):
 
     def __repr__(self) -> str:
         lines = [
-            f"FilterSet({self.source or 'model'}: {len(self.layers)} layers, "
+            f"FilterSet({self.source or 'model'}: {plural(len(self.layers), 'layer')}, "
             f"{self.n_filters:,} filters, {len(self.skipped)} skipped, "
             f"kernel {selection_text(self.kernel_size)}, depth by {self.depth_method})"
         ]

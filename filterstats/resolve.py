@@ -71,7 +71,7 @@ def _every_layer(
     if isinstance(model, Tensor):
         return filters_from_state_dict({"weight": model}, source="tensor")
     if isinstance(model, Mapping):
-        state = to_state_dict(model, source="the state dict")
+        state = to_state_dict(model, source=f"`{argument}`")
         return filters_from_state_dict(state, source="state_dict")
     hint = (
         " A FilterReport holds metrics, not weights: pass the model it was made from."

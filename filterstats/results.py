@@ -28,7 +28,7 @@ from filterstats import metric_table
 from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 from filterstats._tables import MetricAttributes, csv_value, html_table, json_value
-from filterstats._text import render_table
+from filterstats._text import plural, render_table
 from filterstats.layers import layer_kind
 
 if TYPE_CHECKING:
@@ -396,8 +396,9 @@ class FilterReport(Sequence[LayerRow]):
             lines = [*lines[:half], ["..."] + [""] * (len(head) - 1), *lines[-half:]]
         params = self.params
         title = (
-            f"FilterReport: {', '.join(self.models) or 'empty'} — {len(self.measured)} layers "
-            f"measured, {len(self.skipped)} skipped (definition={params.definition}, "
+            f"FilterReport: {', '.join(self.models) or 'empty'} — "
+            f"{plural(len(self.measured), 'layer')} measured, {len(self.skipped)} skipped "
+            f"(definition={params.definition}, "
             f"eps={params.eps}, kernel={params.kernel_size}, depth={params.depth_method})"
         )
         parts = [render_table(title, head, lines)]

@@ -44,7 +44,7 @@ from filterstats._files import atomic_write_text
 from filterstats._modes import eval_mode
 from filterstats._progress import progress_bar
 from filterstats._tables import RowTable, csv_value, json_value
-from filterstats._text import fmt, render_table
+from filterstats._text import fmt, plural, render_table
 from filterstats._warnings import FilterStatsWarning
 from filterstats.extract import conv_modules
 from filterstats.layers import ConvLayer
@@ -410,7 +410,7 @@ class ConvSpectra(RowTable, Sequence[SpectrumRow]):
         p = self.params
         title = (
             f"ConvSpectra: {p.source or 'model'} at input {p.input_size} — "
-            f"{len(self.computed)} layers, {len(self.skipped)} skipped "
+            f"{plural(len(self.computed), 'layer')}, {len(self.skipped)} skipped "
             f"(padding={p.padding}, tol={p.tol:g}, "
             f"{'all singular values' if p.singular_values else 'spectral norms'})"
         )

@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 import types
 import zipfile
@@ -236,3 +237,35 @@ def test_an_attribute_error_of_a_bug_is_not_taken_for_a_missing_class(tmp_path, 
     monkeypatch.setattr(torch, "load", broken)
     with pytest.raises(AttributeError, match="NoneType"):
         fs.checkpoints.read_checkpoint(tmp_path / "x.pt", trust_pickle=True)
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        ({"a": "b"}, r"a dict with no tensors \(1 key: 'a'; values: str\)"),
+        ({}, r"a dict with no tensors \(empty\)"),
+        (
+            {f"k{i}": i for i in range(7)},
+            r"a dict with no tensors \(7 keys: 'k0', 'k1', 'k2', 'k3', 'k4' and 2 more; values: int\)",
+        ),
+    ],
+)
+def test_a_mapping_without_tensors_says_what_was_found_and_what_is_expected(content, found):
+    with pytest.raises(CheckpointError) as caught:
+        fs.analyze(content)
+    message = str(caught.value)
+    assert re.match(rf"`model` holds no state dict: {found}\. Expected a state dict", message)
+    assert "the state dict holds" not in message and "model.state_dict()" in message
+
+
+def test_a_safetensors_file_cut_inside_its_header_says_so(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    good = tmp_path / "good.safetensors"
+    safetensors_torch.save_file({"conv.weight": torch.randn(8, 4, 3, 3)}, str(good))
+    blob = good.read_bytes()
+    for cut in (9, 12, 40):
+        path = tmp_path / f"cut{cut}.safetensors"
+        path.write_bytes(blob[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupt safetensors file") as e:
+            load_state_dict(path)
+        assert "neither a torch.save" not in str(e.value) and str(path) in str(e.value)

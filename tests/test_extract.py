@@ -300,3 +300,16 @@ def test_filterset_behaves_like_a_sequence():
         filters["nope"]
     assert "FilterSet(Net" in repr(filters)
     assert filters.n_filters == sum(layer.n_filters for layer in filters)
+
+
+def test_counts_of_one_are_singular(caplog):
+    import logging
+
+    one = fs.analyze(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    assert " 1 layer measured, 0 skipped" in repr(one)
+    assert "Sequential: 1 layer, " in repr(fs.extract_filters(nn.Sequential(nn.Conv2d(3, 4, 3))))
+    two = fs.analyze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)))
+    assert " 2 layers measured" in repr(two)
+    with caplog.at_level(logging.INFO, logger="filterstats"):
+        fs.compare(one, one, n_boot=10)
+    assert "layers matched by name (1 pair)" in caplog.text

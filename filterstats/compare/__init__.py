@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from filterstats import metric_table
 from filterstats._checks import check_choice
+from filterstats._text import plural
 from filterstats._warnings import FilterStatsWarning
 from filterstats.compare.matching import (
     match_by_depth,
@@ -229,7 +230,7 @@ def _assemble(
     resolved = resolve_pairs(pairs, group_a, group_b)
     same = all(signature(group_a[i]) == signature(group_b[j]) for i, j in resolved)
     used = match if match != "auto" else ("name" if same else "depth")
-    logger.info("compare: layers matched by %s (%d pairs)", used, len(resolved))
+    logger.info("compare: layers matched by %s (%s)", used, plural(len(resolved), "pair"))
     options = {"bins": bins, "first_bin": first_bin, "include_lowest": include_lowest,
                "nan_in_denominator": nan_in_denominator}  # fmt: skip
     matched: list[MatchRow] = []

@@ -14,6 +14,7 @@ import torch
 
 from filterstats._checks import normalize_kernel_size
 from filterstats._progress import progress_bar
+from filterstats._text import plural
 from filterstats.scanning.executors import Executor, Lost, make_executor
 from filterstats.scanning.keys import FINGERPRINTS, fingerprint, model_key
 from filterstats.scanning.raw import RAW_DTYPES
@@ -156,7 +157,7 @@ def select_specs(
     """
     unique = list(dict.fromkeys(specs))
     if len(unique) < len(specs):
-        logger.warning("%d duplicate specs ignored", len(specs) - len(unique))
+        logger.warning("%s ignored", plural(len(specs) - len(unique), "duplicate spec"))
     parsed = parse_shard(shard)
     if parsed is not None:
         index, count = parsed
@@ -327,8 +328,8 @@ def scan(
             )
         )
     logger.info(
-        "scan: %d specs selected, %d already complete, %d to scan with %r",
-        len(selected),
+        "scan: %s selected, %d already complete, %d to scan with %r",
+        plural(len(selected), "spec"),
         len(outcomes),
         len(tasks),
         engine,

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from filterstats._text import plural
 from filterstats._warnings import FilterStatsWarning
 from filterstats.checkpoints import CheckpointError, read_checkpoint, to_state_dict
 from filterstats.zoo._mismatch import describe_mismatch
@@ -334,9 +335,9 @@ def _load_into(model: nn.Module, path: Path, *, trust_pickle: bool) -> None:
         ) from error
     if result.unexpected_keys:
         logger.warning(
-            "%s: ignored %d keys the architecture does not use, e.g. %s",
+            "%s: ignored %s the architecture does not use, e.g. %s",
             path,
-            len(result.unexpected_keys),
+            plural(len(result.unexpected_keys), "key"),
             result.unexpected_keys[:5],
         )
 
