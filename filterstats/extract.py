@@ -201,11 +201,18 @@ def _read_conv(name: str, module: nn.Module) -> ConvLayer | SkippedLayer:
     if not isinstance(weight, Tensor) or weight.ndim < 3:
         return SkippedLayer(name, module_type, "weight is not a convolution kernel tensor")
     weight, reason = _usable(weight)
-    if reason:
-        kernel = tuple(int(k) for k in weight.shape[2:])
-        return SkippedLayer(name, module_type, reason, kernel_size=kernel)
     transposed = bool(getattr(module, "transposed", False))
     groups = int(getattr(module, "groups", 1) or 1)
+    if reason:  # what is known of the layer stays on its row: its shape is
+        kernel = tuple(int(k) for k in weight.shape[2:])
+        first, second = int(weight.shape[0]), int(weight.shape[1])
+        in_channels, out_channels = (
+            (first, second * groups) if transposed else (second * groups, first)
+        )
+        return SkippedLayer(
+            name, module_type, reason, in_channels=in_channels, out_channels=out_channels,
+            groups=groups, kernel_size=kernel,
+        )  # fmt: skip
     weight = _out_by_in(weight, transposed, groups)
     kernel = tuple(int(k) for k in weight.shape[2:])
     return ConvLayer(
@@ -437,7 +444,8 @@ def filters_from_state_dict(
         }
         kernel = tuple(int(k) for k in weight.shape[2:])
         weight, reason = _usable(weight)
-        if reason:
+        if reason:  # its shape is known: keep it on the row, as for a measured tensor
+            meta.update(in_channels=int(weight.shape[1]), out_channels=int(weight.shape[0]))
             found.append(SkippedLayer(name, "tensor", reason, kernel_size=kernel, **meta))
             continue
         found.append(

@@ -302,6 +302,19 @@ def test_filterset_behaves_like_a_sequence():
     assert filters.n_filters == sum(layer.n_filters for layer in filters)
 
 
+def test_a_weight_skipped_as_unusable_keeps_its_known_shape():
+    int8 = torch.randint(-5, 5, (8, 4, 3, 3), dtype=torch.int8)
+    report = fs.analyze({"conv.weight": int8, "other.weight": torch.randn(8, 8, 3, 3)})
+    (row,) = report.skipped
+    assert "without a scale" in row.reason
+    assert (row.out_channels, row.in_channels, row.kernel_size) == (8, 4, "3x3")
+    assert "conv   tensor  8x4x3x3" in repr(report) and "?x?" not in repr(report)
+    meta = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 6, 3, groups=2).to("meta"))
+    (row,) = fs.analyze(meta).skipped
+    assert (row.out_channels, row.in_channels, row.groups) == (6, 4, 2)
+    assert "6x2x3x3 g=2" in repr(fs.analyze(meta))
+
+
 def test_counts_of_one_are_singular(caplog):
     import logging
 
