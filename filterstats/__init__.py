@@ -11,6 +11,7 @@ from filterstats import demo
 from filterstats._version import __version__
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
+from filterstats.baseline import InitBaseline, init_baseline
 from filterstats.checkpoints import CheckpointError, load_state_dict
 from filterstats.compare import Comparison, compare
 from filterstats.depth_bins import DepthProfile, assign_depth_bins, depth_bin_labels, depth_profile
@@ -40,6 +41,7 @@ __all__ = [
     "FilterReport",
     "FilterSet",
     "FilterStatsWarning",
+    "InitBaseline",
     "LayerMetrics",
     "LayerRow",
     "ScanSummary",
@@ -57,6 +59,7 @@ __all__ = [
     "filter_divergence",
     "first_layer_response",
     "histogram_divergence",
+    "init_baseline",
     "load_model",
     "load_state_dict",
     "measure",
