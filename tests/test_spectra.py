@@ -324,13 +324,16 @@ def test_certificate_on_layers_wider_than_the_direct_size(
 ) -> None:
     # r > 32: Lanczos lower bound, Cholesky certificates, the eigensolver fallback.
     module = seeded(factory(), seed=len(name))  # type: ignore[operator]
-    truth = true_singular_values(module, shape)[0]
+    every = true_singular_values(module, shape)
+    truth = every[0]
     row = spectra_of(module, shape, tol=tol)[0]
     if row.method.startswith("exact"):
         assert truth * (1 - 1e-12) <= row.spectral_norm <= truth * (1 + tol) * (1 + 1e-12)
         assert row.spectral_norm <= row.spectral_norm_lower * (1 + tol) * (1 + 1e-12)
-        exact = spectra_of(module, shape, singular_values=True)[0].spectral_norm
-        assert exact == pytest.approx(truth, rel=1e-9)
+        spectra = spectra_of(module, shape, singular_values=True)
+        assert spectra[0].spectral_norm == pytest.approx(truth, rel=1e-9)
+        ours = spectra.singular_values("0").numpy()
+        np.testing.assert_allclose(ours, every, rtol=1e-6, atol=1e-6 * truth)
     else:
         assert row.spectral_norm >= truth * (1 - 1e-12)
     assert row.spectral_norm_lower <= truth * (1 + 1e-12)
