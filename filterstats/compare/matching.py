@@ -204,7 +204,7 @@ def match_by_name(
                 MatchRow(p, label_a, label_b, name,
                          -1 if row_a.conv_depth is None else row_a.conv_depth,
                          row_a.conv_depth_norm, metric, getattr(row_a, metric),
-                         getattr(row_b, metric))
+                         getattr(row_b, metric), row_a.kind)
             )  # fmt: skip
     missing = [f"pair {p}: {n} only in {label_a}" for n in a_rows if n not in b_rows]
     missing += [f"pair {p}: {n} only in {label_b}" for n in b_rows if n not in a_rows]
