@@ -1288,11 +1288,18 @@ def conv_spectra(
 
 
 def _batches(members: list[_Operator], max_memory: int) -> list[list[_Operator]]:
-    """Same-shape layers in runs whose float64 polyphase taps fit in ``max_memory``."""
-    plan, weight = members[0].plan, members[0].weight
+    """Same-shape layers in runs whose float64 taps and tap products fit in ``max_memory``.
+
+    Per layer: the polyphase taps, the tap cross-products ``R_d`` (at most ``2 T`` of
+    them, ``r x r`` per group) and the products' work arrays (``T r (p + q)``).
+    """
+    plan, weight, groups = members[0].plan, members[0].weight, members[0].groups
     taps = math.prod(math.ceil(members[0].geometry.kernel[d] * members[0].geometry.dilation[d]
                                / plan.stride[d]) for d in range(2))  # fmt: skip
-    per_layer = taps * weight.shape[0] * weight.shape[1] * plan.stride[0] * plan.stride[1] * 8
+    p = weight.shape[0] // groups
+    q = weight.shape[1] * plan.stride[0] * plan.stride[1]
+    r = min(p, q)
+    per_layer = 8 * groups * taps * (p * q + 2 * r * r + r * (p + q))
     size = max(1, max_memory // max(per_layer, 1))
     return [members[start : start + size] for start in range(0, len(members), size)]
 
