@@ -249,3 +249,20 @@ def test_holm_over_depth_bins():
     np.testing.assert_allclose([row.p_adjusted for row in result.by_depth], holm(np.array(raw)))
     assert result["all"].p_adjusted == result["all"].p_value
     assert isinstance(result, DivergenceByDepth)
+
+
+def test_histogram_counts_bin_as_numpy_on_edges_and_outside():
+    from filterstats.distribution import _edges, _histogram_counts
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n, bins = int(rng.integers(1, 200)), int(rng.integers(1, 80))
+        low, high = sorted(rng.normal(size=2) * 3)
+        edges = _edges((low, high), bins)
+        x = rng.uniform(low - 0.5, high + 0.5, size=(n, 3))
+        x[: n // 3] = rng.choice(edges, size=(n // 3, 3))  # exactly on the edges
+        x[0, 0] = np.nextafter(edges[-1], np.inf)  # just outside, both ends
+        x[-1, 1] = np.nextafter(edges[0], -np.inf)
+        got = _histogram_counts(torch.from_numpy(x), edges).numpy()
+        want = [np.histogram(x[:, k], bins=bins, range=(edges[0], edges[-1]))[0] for k in range(3)]
+        np.testing.assert_array_equal(got, np.stack(want))
