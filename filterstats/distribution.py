@@ -860,8 +860,9 @@ def filter_divergence(
         kernel_size: Kernel size to select.
         paired: Model ``i`` of a and model ``i`` of b form a pair (the paper's robust
             models and their normal twins); the permutation test then swaps within
-            pairs. ``None``: paired when both lists have the same length and
-            ``twins="per_pair"``.
+            pairs, and among the models of pairs that share a twin (the shared twin's
+            role, listed once per pair, goes to one of them). ``None``: paired when
+            both lists have the same length and ``twins="per_pair"``.
         n_null: Random kernel reassignments per bin for ``null_mean``/``null_q95``
             (and per model pair for the baselines); 0 skips the nulls.
         n_permutations: Model relabellings at most; all distinct ones are enumerated
@@ -917,8 +918,8 @@ def filter_divergence(
     zero = np.zeros((width, bins), dtype=np.int64)
     listed = src_a + src_b
     relabel = label_permutations(
-        len(src_a), len(src_b), paired=paired, n_permutations=n_permutations,
-        generator=np.random.default_rng([seed, 0, 2]),
+        [id(s) for s in src_a], [id(s) for s in src_b], paired=paired,
+        n_permutations=n_permutations, generator=np.random.default_rng([seed, 0, 2]),
     )  # fmt: skip
     groups_unique = (_unique(src_a), _unique(src_b))
     rows = []
@@ -937,9 +938,9 @@ def filter_divergence(
         null_mean, null_q95 = _null_summary(
             hist_a + hist_b, n_a, n_null, edges, floor, weights, _bin_generator(seed, index, 0)
         )
-        p_value = permutation_p(
-            per_model, value, relabel, edges=edges, floor=floor, weights=weights
-        )
+        # Per distinct model, in the order of first listing (as `relabel` has them).
+        distinct = np.stack([counts[id(s)].get(label, zero) for s in everything])
+        p_value = permutation_p(distinct, value, relabel, edges=edges, floor=floor, weights=weights)
         baselines = [
             _baseline(
                 [counts[id(s)].get(label, zero) for s in group], n_null, edges, floor, weights,
