@@ -16,9 +16,10 @@ depth bin a ``(K, bins)`` array of counts is all that is kept.
   is unaffected (a sum of per-component expectations), the upper quantile is that of
   this product null.
 * **Model-label permutation** (``p_value``): the models (not the kernels) are
-  relabelled, swapping the two members of a pair (paired design) or reassigning
-  models across groups at the groups' sizes (unpaired), and ``D`` is recomputed from
-  the summed per-model counts. It asks whether the two groups differ more than models
+  relabelled, swapping the two members of a pair (paired design; pairs that share a
+  twin are permuted together, the twin's role going to one of their models) or
+  reassigning models across groups at the groups' sizes (unpaired), and ``D`` is
+  recomputed from the summed per-model counts. It asks whether the two groups differ more than models
   differ among themselves; the model is the unit of inference.
 """
 

@@ -487,8 +487,9 @@ NULL_DEFINITION = (
     "null_mean/null_q95: mean and 95th percentile of D over n_null random reassignments "
     "of the pooled kernels of the bin to groups of sizes n_a and n_b (per component, "
     "hypergeometric from the pooled histogram counts); corrected = divergence - null_mean; "
-    "p_value: permutation test of D over relabellings of the models (swaps within pairs "
-    "when paired, reassignment across groups otherwise), from per-model histogram counts; "
+    "p_value: permutation test of D over relabellings of the models (swaps within pairs, "
+    "and among the models of pairs sharing a twin, when paired; reassignment across groups "
+    "otherwise), from per-model histogram counts; "
     "p_adjusted: Holm over the depth bins; baseline_a/b: mean corrected D between two "
     "models of the same group"
 )
