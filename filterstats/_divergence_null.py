@@ -19,8 +19,8 @@ depth bin a ``(K, bins)`` array of counts is all that is kept.
   relabelled, swapping the two members of a pair (paired design; pairs that share a
   twin are permuted together, the twin's role going to one of their models) or
   reassigning models across groups at the groups' sizes (unpaired), and ``D`` is
-  recomputed from the summed per-model counts. It asks whether the two groups differ more than models
-  differ among themselves; the model is the unit of inference.
+  recomputed from the summed per-model counts. It asks whether the two groups differ
+  more than models differ among themselves; the model is the unit of inference.
 """
 
 from __future__ import annotations
