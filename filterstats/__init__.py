@@ -28,18 +28,22 @@ from filterstats.resolve import extract_filters
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
 from filterstats.scanning import ScanSummary, open_filters, open_store, scan
 from filterstats.spectra import ConvSpectra, conv_spectra
+from filterstats.tracking import CSVSink, FilterHistory, FilterTracker, read_history
 from filterstats.zoo.specs import load_model
 
 __all__ = [
     "AnalysisParams",
+    "CSVSink",
     "CheckpointError",
     "Comparison",
     "ConvLayer",
     "ConvSpectra",
     "DepthProfile",
+    "FilterHistory",
     "FilterReport",
     "FilterSet",
     "FilterStatsWarning",
+    "FilterTracker",
     "LayerMetrics",
     "LayerRow",
     "ScanSummary",
@@ -64,6 +68,7 @@ __all__ = [
     "open_store",
     "orthogonality",
     "pca_basis",
+    "read_history",
     "read_report",
     "register_effective_weight",
     "report",
