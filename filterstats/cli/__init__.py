@@ -62,9 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
+    # The command's messages go to stderr through the package's own logger, restored
+    # afterwards: main() called in-process leaves the caller's logging as it was.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter())
-    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, handlers=[handler])
+    package_logger = logging.getLogger("filterstats")
+    saved = (package_logger.level, package_logger.propagate)
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    package_logger.propagate = False
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         with warnings.catch_warnings():
@@ -89,13 +95,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("filterstats: interrupted\n")
         return 130
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(saved[0])
+        package_logger.propagate = saved[1]
 
 
 class _OneLineFormatter(logging.Formatter):
-    """Log records as the command line prints messages (see ``cli_text``)."""
+    """Log records as the command line prints messages (see ``cli_text``).
+
+    Progress lines (INFO) print as they are; warnings and errors, logged or raised as
+    Python warnings, share one form: ``filterstats: warning: ...``.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        return cli_text(record.getMessage())
+        text = cli_text(record.getMessage())
+        if record.levelno >= logging.ERROR:
+            return f"filterstats: error: {text}"
+        if record.levelno >= logging.WARNING:
+            return f"filterstats: warning: {text}"
+        return text
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

@@ -97,6 +97,28 @@ def test_third_party_deprecations_are_hidden_and_own_warnings_shown(monkeypatch,
     assert err == "filterstats: warning: a dead layer second line\n"
 
 
+def test_logged_warnings_share_the_warning_format(monkeypatch, capsys):
+    """A logged warning (library logger) and a Python warning print in one form."""
+    import logging
+
+    from filterstats._warnings import FilterStatsWarning
+
+    def both(args):
+        logging.getLogger("filterstats.scanning.runner").warning("%d duplicate specs ignored", 2)
+        warnings.warn("a dead layer", FilterStatsWarning, stacklevel=1)
+        logging.getLogger("filterstats.cli.zoo").info("a progress line")
+        return 0
+
+    monkeypatch.setattr("filterstats.cli.zoo.run_paper", both)
+    assert main(["zoo", "paper"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "filterstats: warning: 2 duplicate specs ignored",
+        "filterstats: warning: a dead layer",
+        "a progress line",
+    ]
+
+
 def test_kernel_size_parsing():
     import argparse
 
