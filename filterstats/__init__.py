@@ -29,6 +29,7 @@ from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_rep
 from filterstats.scanning import ScanSummary, open_filters, open_store, scan
 from filterstats.spectra import ConvSpectra, conv_spectra
 from filterstats.tracking import CSVSink, FilterHistory, FilterTracker, read_history
+from filterstats.trajectories import TrajectoryComparison, compare_trajectories, trajectory
 from filterstats.zoo.specs import load_model
 
 __all__ = [
@@ -48,10 +49,12 @@ __all__ = [
     "LayerRow",
     "ScanSummary",
     "SkippedLayer",
+    "TrajectoryComparison",
     "__version__",
     "analyze",
     "assign_depth_bins",
     "compare",
+    "compare_trajectories",
     "conv_spectra",
     "demo",
     "depth_bin_labels",
@@ -74,4 +77,5 @@ __all__ = [
     "report",
     "scan",
     "sparsity",
+    "trajectory",
 ]

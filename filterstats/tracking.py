@@ -71,6 +71,8 @@ __all__ = [
     "Sink",
     "TrackingParams",
     "filter_drift",
+    "layer_drift",
+    "measure_snapshot",
     "read_history",
 ]
 
@@ -795,6 +797,72 @@ def _comparable(params: TrackingParams) -> dict[str, Any]:
     return payload
 
 
+# --------------------------------------------------------------------------- snapshot
+def layer_drift(
+    filters: FilterSet, reference: Mapping[str, Tensor], *, unmoved_cosine: float = UNMOVED_COSINE
+) -> list[dict[str, float]]:
+    """``drift_cosine`` and ``drift_unmoved`` of every layer, one host transfer per device.
+
+    Args:
+        filters: The layers now.
+        reference: ``{layer name: weight}`` at the reference snapshot.
+        unmoved_cosine: As in [`filter_drift`][filterstats.tracking.filter_drift].
+
+    Returns:
+        One ``{"drift_cosine": ..., "drift_unmoved": ...}`` per layer of ``filters``.
+    """
+    by_device: dict[torch.device, list[int]] = {}
+    for i, layer in enumerate(filters):
+        by_device.setdefault(layer.weight.device, []).append(i)
+    results: dict[int, list[float]] = {}
+    for indices in by_device.values():
+        stacked = torch.stack([
+            torch.stack(filter_drift(filters[i].weight, reference[filters[i].name],
+                                     unmoved_cosine=unmoved_cosine))
+            for i in indices
+        ]).cpu()  # fmt: skip
+        for i, values in zip(indices, stacked.tolist()):
+            results[i] = values
+    return [
+        {"drift_cosine": results[i][0], "drift_unmoved": results[i][1]} for i in range(len(filters))
+    ]
+
+
+def measure_snapshot(
+    filters: FilterSet,
+    reference: Mapping[str, Tensor],
+    step: int,
+    *,
+    label: str,
+    unmoved_cosine: float = UNMOVED_COSINE,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[FilterReport, tuple[HistoryRow, ...]]:
+    """One snapshot: ``analyze`` of the layers, and their drift from ``reference``.
+
+    Args:
+        filters: The layers (already resolved and selected).
+        reference: ``{layer name: weight}`` of the first snapshot.
+        step: Step of the rows.
+        label: Model label.
+        unmoved_cosine: Threshold of ``drift_unmoved``.
+        options: ``analyze`` arguments (``kernel_size``, ``eps``, ``definition``,
+            ``normalize``, ``nan_policy``).
+
+    Returns:
+        ``(the FilterReport, one HistoryRow per measured layer)``.
+    """
+    from filterstats.analysis import analyze
+
+    report = analyze(filters, label=label, **dict(options or {}))
+    drift = layer_drift(filters, reference, unmoved_cosine=unmoved_cosine)
+    rows = tuple(
+        HistoryRow(step=step, **{n: getattr(r, n) for n in _LAYER_META},
+                   metrics={**r.metrics, **d})
+        for r, d in zip(report.measured, drift)
+    )  # fmt: skip
+    return report, rows
+
+
 # --------------------------------------------------------------------------- tracker
 class FilterTracker:
     """Record the filter metrics of a model every ``every`` training steps.
@@ -979,13 +1047,13 @@ class FilterTracker:
         """
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"`step` must increase: {step} after a snapshot at {self._last_step}")
-        from filterstats.analysis import analyze
-
         if self._structure is None:
             self._resolve_structure(step)
         filters = self._current_filters()
-        report = analyze(filters, label=self._label_used, **self._options)
-        drift = self._drift(filters)
+        report, rows = measure_snapshot(
+            filters, self._reference, step, label=self._label_used,
+            unmoved_cosine=self.unmoved_cosine, options=self._options,
+        )  # fmt: skip
         if self._params is None:
             self._skipped = report.skipped
             self._params = TrackingParams(
@@ -996,11 +1064,6 @@ class FilterTracker:
             for sink in self._sinks:
                 if hasattr(sink, "set_skipped"):
                     sink.set_skipped(self._skipped)
-        rows = tuple(
-            HistoryRow(step=step, **{n: getattr(r, n) for n in _LAYER_META},
-                       metrics={**r.metrics, **d})
-            for r, d in zip(report.measured, drift)
-        )  # fmt: skip
         self._rows.extend(rows)
         self._last_step = step
         if self._sinks:
@@ -1068,25 +1131,6 @@ class FilterTracker:
             tuple(layers), structure.skipped, structure.depth_method, structure.source,
             kernel_size=structure.kernel_size, order=structure.order,
         )  # fmt: skip
-
-    def _drift(self, filters: FilterSet) -> list[dict[str, float]]:
-        """Drift of every layer from the reference: one host transfer per device."""
-        by_device: dict[torch.device, list[int]] = {}
-        for i, layer in enumerate(filters):
-            by_device.setdefault(layer.weight.device, []).append(i)
-        results: dict[int, list[float]] = {}
-        for indices in by_device.values():
-            stacked = torch.stack([
-                torch.stack(filter_drift(filters[i].weight, self._reference[filters[i].name],
-                                         unmoved_cosine=self.unmoved_cosine))
-                for i in indices
-            ]).cpu()  # fmt: skip
-            for i, values in zip(indices, stacked.tolist()):
-                results[i] = values
-        return [
-            {"drift_cosine": results[i][0], "drift_unmoved": results[i][1]}
-            for i in range(len(filters))
-        ]
 
     # ------------------------------------------------------------- results
     @property
