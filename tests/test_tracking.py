@@ -385,3 +385,20 @@ def test_csv_sink_refuses_other_parameters(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="not a filterstats history"):
         fs.read_history(tmp_path / "x.csv")
+
+
+def test_steps_without_a_snapshot_read_no_weight(monkeypatch):
+    import filterstats.extract as extract
+
+    calls = []
+    original = extract._read_conv
+    monkeypatch.setattr(extract, "_read_conv", lambda *a: calls.append(a) or original(*a))
+    model = TrackNet()
+    tracker = fs.FilterTracker(model, every=50)
+    tracker.step(0)
+    after_first = len(calls)
+    assert after_first > 0
+    for step in range(1, 50):
+        assert not tracker.step(step)
+    assert len(calls) == after_first  # nothing read, nothing measured, no host transfer
+    assert tracker.step(50) and len(calls) > after_first
