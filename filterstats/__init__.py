@@ -11,6 +11,7 @@ from filterstats import demo
 from filterstats._version import __version__
 from filterstats._warnings import FilterStatsWarning
 from filterstats.analysis import analyze
+from filterstats.baseline import InitBaseline, init_baseline
 from filterstats.checkpoints import CheckpointError, load_state_dict
 from filterstats.compare import Comparison, compare
 from filterstats.depth_bins import DepthProfile, assign_depth_bins, depth_bin_labels, depth_profile
@@ -45,6 +46,7 @@ __all__ = [
     "FilterSet",
     "FilterStatsWarning",
     "FilterTracker",
+    "InitBaseline",
     "LayerMetrics",
     "LayerRow",
     "ScanSummary",
@@ -64,6 +66,7 @@ __all__ = [
     "filter_divergence",
     "first_layer_response",
     "histogram_divergence",
+    "init_baseline",
     "load_model",
     "load_state_dict",
     "measure",

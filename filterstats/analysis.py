@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 
 from filterstats import metric_table
-from filterstats._checks import NanPolicy
+from filterstats._checks import NanPolicy, check_choice
 from filterstats._version import __version__
 from filterstats.layers import ConvLayer, FilterSet, KernelSelection, SkippedLayer, selection_text
 from filterstats.metrics import Definition, measure
@@ -50,6 +52,8 @@ def analyze(
     depth: str = "auto",
     device: str | torch.device | None = None,
     trust_pickle: bool = False,
+    baseline: str | None = None,
+    baseline_seeds: int | Sequence[int] = 10,
 ) -> FilterReport:
     """Per-layer sparsity, diversity and orthogonality of a model, as a table.
 
@@ -76,10 +80,19 @@ def analyze(
         device: Compute on this device (weights are copied there); default: where
             the weights are. The model itself is never moved.
         trust_pickle: Allow checkpoint files that need pickled code (can run code).
+        baseline: ``"init"``: also score every metric against the same architecture
+            re-initialised ``baseline_seeds`` times with each convolution's
+            ``reset_parameters`` (``report.baseline``, see
+            [`filterstats.baseline`][filterstats.baseline]); needs an ``nn.Module`` or a
+            spec that builds one. ``None``: no baseline.
+        baseline_seeds: Number of re-initialisations ``k >= 2`` (seeds ``0 .. k-1``),
+            or the seeds themselves.
 
     Returns:
         A frozen [`FilterReport`][filterstats.FilterReport]; print it for a table,
-        ``.to_pandas()`` for a DataFrame, ``.to_csv(path)`` to save.
+        ``.to_pandas()`` for a DataFrame, ``.to_csv(path)`` to save. With a baseline,
+        ``report.baseline`` holds the z-scores and the exports add the columns
+        ``<metric>_init_mean``, ``_init_std``, ``_init_diff`` and ``_init_z``.
 
     Examples:
         >>> import torch, filterstats as fs
@@ -88,9 +101,20 @@ def analyze(
         >>> [row.layer for row in report]
         ['0', '1']
     """
+    from filterstats import baseline as baselines
+
+    check_choice("baseline", baseline, baselines.BASELINES)
+    seeds = baselines.check_seeds(baseline_seeds) if baseline is not None else ()
+    module = None
+    if baseline is not None:
+        # Before any measuring: a model without an architecture fails at once. A spec is
+        # loaded once, here, and its name stays the label.
+        module = baselines.require_architecture(model, trust_pickle=trust_pickle)
+        if isinstance(model, (str, os.PathLike)):
+            label = label or os.fspath(model)
     filters: FilterSet = extract_filters(
-        model, kernel_size=kernel_size, example_inputs=example_inputs, depth=depth,
-        trust_pickle=trust_pickle,
+        model if module is None else module, kernel_size=kernel_size,
+        example_inputs=example_inputs, depth=depth, trust_pickle=trust_pickle,
     )  # fmt: skip
     name = label or filters.source or "model"
     layers = list(filters)
@@ -136,4 +160,12 @@ def analyze(
         depth_method=filters.depth_method,
         version=__version__,
     )
-    return FilterReport(tuple(rows), params)
+    found = None
+    if module is not None:
+        found = baselines.compute_baseline(
+            module, filters, {m: columns[m] for m in computed}, model=name, seeds=seeds,
+            params=params, device=device,
+            measure_options={"eps": eps, "definition": definition, "normalize": normalize,
+                             "nan_policy": nan_policy},
+        )  # fmt: skip
+    return FilterReport(tuple(rows), params, baseline=found)

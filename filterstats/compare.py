@@ -660,7 +660,9 @@ def _check_boot(n_boot: int, confidence: float) -> None:
 def _relabel(report: FilterReport, label: str) -> FilterReport:
     if report.models == (label,):
         return report
-    return FilterReport(tuple(replace(r, model=label) for r in report.rows), report.params)
+    baseline = None if report.baseline is None else report.baseline.relabel(label)
+    rows = tuple(replace(r, model=label) for r in report.rows)
+    return FilterReport(rows, report.params, baseline=baseline)
 
 
 def _resolve_group(group: Any, name: str, analyze_kwargs: Mapping[str, Any]) -> list[FilterReport]:
@@ -693,9 +695,12 @@ def _split(report: FilterReport) -> list[FilterReport]:
     models = report.models
     if len(models) <= 1:
         return [report]
+    base = report.baseline
     return [
-        FilterReport(tuple(r for r in report.rows if r.model == m), report.params) for m in models
-    ]
+        FilterReport(tuple(r for r in report.rows if r.model == m), report.params,
+                     baseline=None if base is None else base.for_model(m))
+        for m in models
+    ]  # fmt: skip
 
 
 def _uniquify(groups: list[list[FilterReport]]) -> list[list[FilterReport]]:

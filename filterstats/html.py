@@ -118,6 +118,18 @@ def _report_sections(obj: FilterReport, figures: bool) -> list[str]:
             _table("skipped", [r for r in records if r["status"] != "ok"], [*columns, "reason"],
                    wrap=("reason",)),
         ]  # fmt: skip
+    if obj.baseline is not None:
+        base = obj.baseline
+        provenance = base.provenance()
+        parts += [
+            "<h2>Initialisation baseline</h2>",
+            f'<p class="meta">{html.escape(base.title)}</p>',
+            _table("baseline", base.to_records(), base.columns),
+        ]
+        if provenance["skipped"]:
+            skipped = [{"layer": s.layer, "reason": s.reason} for s in base.skipped]
+            parts.append(_table("baseline-skipped", skipped, ["layer", "reason"],
+                                wrap=("reason",)))  # fmt: skip
     profile = depth_profile(obj)
     # Bins and metrics first, counts after: the metrics stay in view on a laptop screen.
     columns = ["model", "bin", "n_layers", *profile.metrics, "n_filters", "n_nonsparse",

@@ -22,13 +22,16 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filterstats import metric_table
 from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 from filterstats._tables import MetricAttributes, csv_value, html_table, json_value
 from filterstats._text import render_table
+
+if TYPE_CHECKING:
+    from filterstats.baseline import InitBaseline
 
 __all__ = [
     "COLUMNS",
@@ -157,10 +160,16 @@ class FilterReport(Sequence[LayerRow]):
     Attributes:
         rows: The measured layers in module order, then the skipped convolutions.
         params: How the report was computed.
+        baseline: With ``analyze(..., baseline="init")``: every metric against the same
+            layers re-initialised (an [`InitBaseline`][filterstats.baseline.InitBaseline]);
+            printed after the table, and four columns per metric in the exports
+            (``<metric>_init_mean``, ``_init_std``, ``_init_diff``, ``_init_z``).
+            ``None``: no baseline.
     """
 
     rows: tuple[LayerRow, ...]
     params: AnalysisParams = field(default_factory=AnalysisParams)
+    baseline: InitBaseline | None = None
 
     # ---------------------------------------------------------------- sequence
     def __len__(self) -> int:
@@ -192,7 +201,22 @@ class FilterReport(Sequence[LayerRow]):
     @property
     def columns(self) -> tuple[str, ...]:
         """Column names of the exported table, in order."""
-        return (*_BEFORE, *self.metrics, *_AFTER)
+        return (*_BEFORE, *self.metrics, *self._baseline_columns(), *_AFTER)
+
+    def _baseline_columns(self) -> list[str]:
+        return [] if self.baseline is None else self.baseline.columns_for(self.metrics)
+
+    def provenance(self) -> dict[str, Any]:
+        """How the report was made, as every export stores it.
+
+        Returns:
+            The parameters as a dict, with a ``"baseline"`` entry (seeds, method)
+            when the report has a baseline.
+        """
+        payload = asdict(self.params)
+        if self.baseline is not None:
+            payload["baseline"] = self.baseline.provenance()
+        return payload
 
     @property
     def measured(self) -> tuple[LayerRow, ...]:
@@ -227,7 +251,16 @@ class FilterReport(Sequence[LayerRow]):
             One dict per row, keys in ``columns`` order.
         """
         metrics = self.metrics
-        return [row.record(metrics) for row in self.rows]
+        records = [row.record(metrics) for row in self.rows]
+        if self.baseline is None:
+            return records
+        wide = []
+        for row, record in zip(self.rows, records, strict=True):
+            after = {name: record.pop(name) for name in _AFTER}
+            record.update(self.baseline.wide(row.model, row.layer))
+            record.update(after)
+            wide.append(record)
+        return wide
 
     def to_pandas(self) -> Any:
         """Rows as a pandas DataFrame; ``df.attrs["filterstats"]`` holds the parameters.
@@ -243,7 +276,7 @@ class FilterReport(Sequence[LayerRow]):
         for name, kind in _TYPES.items():
             if kind.startswith("int"):
                 frame[name] = frame[name].astype("Int64")
-        frame.attrs["filterstats"] = asdict(self.params)
+        frame.attrs["filterstats"] = self.provenance()
         return frame
 
     def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -256,7 +289,7 @@ class FilterReport(Sequence[LayerRow]):
             The CSV text.
         """
         buffer = io.StringIO()
-        buffer.write("# filterstats " + json.dumps(asdict(self.params), sort_keys=True) + "\n")
+        buffer.write("# filterstats " + json.dumps(self.provenance(), sort_keys=True) + "\n")
         writer = csv.DictWriter(buffer, fieldnames=list(self.columns), lineterminator="\n")
         writer.writeheader()
         for record in self.to_records():
@@ -278,7 +311,7 @@ class FilterReport(Sequence[LayerRow]):
             The JSON text.
         """
         payload = {
-            "filterstats": asdict(self.params),
+            "filterstats": self.provenance(),
             "rows": [{k: json_value(v) for k, v in r.items()} for r in self.to_records()],
         }
         text = json.dumps(payload, indent=1, allow_nan=False)
@@ -296,8 +329,9 @@ class FilterReport(Sequence[LayerRow]):
         pq = require("pyarrow.parquet", extra="pandas")
         records = self.to_records()
         columns = {name: [r[name] for r in records] for name in self.columns}
-        table = pa.table(columns, schema=_arrow_schema(pa, self.metrics))
-        meta = {b"filterstats": json.dumps(asdict(self.params)).encode()}
+        values = [*self.metrics, *self._baseline_columns()]
+        table = pa.table(columns, schema=_arrow_schema(pa, values))
+        meta = {b"filterstats": json.dumps(self.provenance()).encode()}
         table = table.replace_schema_metadata(meta)
         with atomic_target(path) as temporary:
             pq.write_table(table, temporary)
@@ -322,6 +356,8 @@ class FilterReport(Sequence[LayerRow]):
         if skipped:
             skip_columns = [c for c in columns if c not in shown] + ["reason"]
             parts.append(html_table(skipped, skip_columns, caption="skipped convolutions"))
+        if self.baseline is not None:
+            parts.append(self.baseline._repr_html_())
         return "".join(parts)
 
     def table(self, *, max_rows: int = 60) -> str:
@@ -365,6 +401,8 @@ class FilterReport(Sequence[LayerRow]):
                 for row in self.skipped
             ]  # fmt: skip
             parts.append(render_table("skipped:", skip_head, skip_lines))
+        if self.baseline is not None:
+            parts += ["", self.baseline.table()]
         return "\n".join(parts)
 
     # ---------------------------------------------------------------- combine
@@ -380,7 +418,13 @@ class FilterReport(Sequence[LayerRow]):
         """
         if not reports:
             return cls(())
-        return cls(tuple(row for r in reports for row in r.rows), reports[0].params)
+        rows = tuple(row for r in reports for row in r.rows)
+        held = [r.baseline for r in reports if r.baseline is not None]
+        if len(held) != len(reports):
+            return cls(rows, reports[0].params)  # a baseline only where every report has one
+        from filterstats.baseline import InitBaseline
+
+        return cls(rows, reports[0].params, baseline=InitBaseline.concat(held))
 
 
 def _shape_text(row: LayerRow) -> str:
@@ -430,6 +474,23 @@ def _params_from(payload: dict[str, Any]) -> AnalysisParams:
     return AnalysisParams(**{k: v for k, v in payload.items() if k in known})
 
 
+def _report_from(records: list[dict[str, Any]], payload: dict[str, Any]) -> FilterReport:
+    """A report from flat records and its stored parameters (and baseline, if any)."""
+    params = _params_from(payload)
+    provenance = payload.get("baseline")
+    if not isinstance(provenance, dict):
+        return FilterReport(_rows_from(records), params)
+    from filterstats.baseline import BASELINE_SUFFIXES, InitBaseline
+
+    def is_baseline(name: str) -> bool:
+        return name not in _TYPES and name.endswith(BASELINE_SUFFIXES)
+
+    converted = [{k: _convert(k, v) for k, v in record.items()} for record in records]
+    baseline = InitBaseline.from_wide(converted, provenance, params)
+    plain = [{k: v for k, v in record.items() if not is_baseline(k)} for record in records]
+    return FilterReport(_rows_from(plain), params, baseline=baseline)
+
+
 def _rows_from(records: list[dict[str, Any]]) -> tuple[LayerRow, ...]:
     """Rows from flat records: the metadata columns, and every other column a metric."""
     missing = {*_BEFORE, *_AFTER} - set(records[0]) if records else set()
@@ -464,18 +525,18 @@ def read_report(path: str | os.PathLike[str]) -> FilterReport:
         first, _, body = text.partition("\n")
         if not first.startswith("# filterstats "):
             raise ValueError(f"{target} is not a filterstats CSV (no '# filterstats' header)")
-        params = _params_from(json.loads(first[len("# filterstats ") :]))
-        return FilterReport(_rows_from(list(csv.DictReader(io.StringIO(body)))), params)
+        payload = json.loads(first[len("# filterstats ") :])
+        return _report_from(list(csv.DictReader(io.StringIO(body))), payload)
     if suffix == ".json":
         payload = json.loads(target.read_text(encoding="utf-8"))
         if not isinstance(payload, dict) or "rows" not in payload:
             raise ValueError(f"{target} is not a filterstats JSON report")
-        return FilterReport(_rows_from(payload["rows"]), _params_from(payload["filterstats"]))
+        return _report_from(payload["rows"], payload["filterstats"])
     if suffix == ".parquet":
         pq = require("pyarrow.parquet", extra="pandas")
         table = pq.read_table(target)
         meta = (table.schema.metadata or {}).get(b"filterstats")
         if meta is None:
             raise ValueError(f"{target} is not a filterstats Parquet file (no metadata)")
-        return FilterReport(_rows_from(table.to_pylist()), _params_from(json.loads(meta)))
+        return _report_from(table.to_pylist(), json.loads(meta))
     raise ValueError(f"unknown table format {suffix!r} for {target}: use .csv, .json or .parquet")

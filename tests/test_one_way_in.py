@@ -421,3 +421,29 @@ def test_a_module_registered_twice_is_shared_once():
         ("2", "shares its weight with '0' (counted once there)")
     ]
     assert filters.names == fs.extract_filters(net.state_dict()).names
+
+
+# ---------------------------------------------------------------- initialisation baseline
+
+#: Doors that hold an architecture to re-initialise; every other door holds weights only.
+BASELINE_DOORS = {"module", "torchscript"}
+
+
+@pytest.mark.filterwarnings("ignore::filterstats.FilterStatsWarning")
+@pytest.mark.parametrize("door", DOOR_NAMES)
+def test_init_baseline_needs_an_architecture(model, doors, door):
+    if door not in doors:
+        pytest.skip("onnx is not installed")
+    if door not in BASELINE_DOORS:
+        with pytest.raises(TypeError, match=r"`baseline='init'` re-initialises the archi"):
+            fs.analyze(doors[door], baseline="init", baseline_seeds=2)
+        return
+    report = fs.analyze(doors[door], baseline="init", baseline_seeds=2)
+    base = report.baseline
+    assert base is not None
+    if door == "module":
+        assert base.layers == MEASURED_3X3 and not base.skipped
+    else:  # TorchScript convolutions keep no reset_parameters: each is listed, none dropped
+        assert not base.rows
+        assert {s.layer for s in base.skipped} == set(MEASURED_3X3)
+        assert all("has no reset_parameters" in s.reason for s in base.skipped)
