@@ -93,6 +93,7 @@ def trajectory(
     depth: str = "auto",
     example_inputs: Any = None,
     trust_pickle: bool = False,
+    out: str | os.PathLike[str] | None = None,
 ) -> FilterHistory:
     """The filter metrics of the checkpoints of one run, in step order.
 
@@ -116,6 +117,10 @@ def trajectory(
         depth: As in ``analyze``.
         example_inputs: As in ``analyze``.
         trust_pickle: As in ``analyze``.
+        out: A history CSV file (a [`CSVSink`][filterstats.CSVSink]) that each
+            checkpoint's rows are appended to as it is measured. Calling again with
+            the same file resumes: the steps it holds are read back, not measured
+            again (the first checkpoint is always read, for the drift reference).
 
     Returns:
         A [`FilterHistory`][filterstats.FilterHistory] (``every=0``: steps as given).
@@ -145,11 +150,23 @@ def trajectory(
     options = {"kernel_size": kernel_size, "eps": eps, "definition": definition,
                "normalize": normalize, "nan_policy": nan_policy}  # fmt: skip
     rows: list[HistoryRow] = []
+    sink = None
+    done: dict[int, list[HistoryRow]] = {}
+    if out is not None:
+        from filterstats.tracking import CSVSink, read_history
+
+        sink = CSVSink(out)
+        if sink.last_step is not None:
+            for row in read_history(out):
+                done.setdefault(row.step, []).append(row)
     reference: dict[str, Any] = {}
     params: TrackingParams | None = None
     skipped: tuple[Any, ...] = ()
     names: tuple[str, ...] = ()
-    for i in order:
+    for position, i in enumerate(order):
+        if position > 0 and steps[i] in done:
+            rows.extend(done[steps[i]])  # measured by an earlier call
+            continue
         filters: FilterSet = extract_filters(
             items[i], kernel_size=kernel_size, depth=depth, example_inputs=example_inputs,
             trust_pickle=trust_pickle, argument="checkpoints",
@@ -177,7 +194,15 @@ def trajectory(
                 analysis=report.params, every=0, unmoved_cosine=unmoved_cosine,
                 reference_step=steps[i], label=name, n_layers=len(names),
             )  # fmt: skip
+        if steps[i] in done:
+            rows.extend(done[steps[i]])
+            continue
         rows.extend(snapshot)
+        if sink is not None:
+            sink.set_skipped(skipped)
+            sink.write(snapshot, [], params)
+    if sink is not None:
+        sink.close()
     assert params is not None
     return FilterHistory(tuple(rows), params, skipped)
 

@@ -150,3 +150,36 @@ def test_pointwise_intervals_are_calibrated_on_null_data(paired):
         excluded += low > 0 or high < 0
     rate = excluded / trials
     assert 0.035 < rate < 0.065, rate  # binomial sd at 4000 trials: 0.0034
+
+
+def test_trajectory_with_a_file_resumes_without_measuring_again(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = TrackNet().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    paths = []
+    for step in range(4):
+        train(model, opt, 1)
+        path = tmp_path / f"step={step}.pt"
+        torch.save(model.state_dict(), path)
+        paths.append(str(path))
+    out = tmp_path / "traj.csv"
+    first = fs.trajectory(paths[:2], out=out)  # "killed" after two checkpoints
+    assert fs.read_history(out).steps == (0, 1)
+    import filterstats.trajectories as trajectories
+
+    measured = []
+    original = trajectories.measure_snapshot
+    monkeypatch.setattr(
+        trajectories, "measure_snapshot",
+        lambda filters, ref, step, **kw: measured.append(step) or original(filters, ref, step, **kw),
+    )  # fmt: skip
+    resumed = fs.trajectory(paths, out=out)
+    assert measured == [0, 2, 3]  # the reference is read again, step 1 is not measured again
+    assert fs.read_history(out).to_records() == resumed.to_records()
+    whole = fs.trajectory(paths)
+    assert resumed.steps == whole.steps == (0, 1, 2, 3)
+    for a, b in zip(resumed, whole):
+        for name, value in b.metrics.items():
+            other = a.metrics[name]
+            assert (math.isnan(value) and math.isnan(other)) or abs(value - other) <= 1e-12
+    assert first.to_records() == [r for r in resumed.to_records() if r["step"] < 2]
