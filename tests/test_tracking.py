@@ -345,6 +345,7 @@ def run_script(tmp_path, path, steps, pause=0.0, kill_after=None):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     return "".join(seen)
 
 
@@ -354,8 +355,11 @@ def test_csv_sink_survives_a_killed_run_and_resumes_without_duplicates(tmp_path)
     killed = fs.read_history(path)  # readable after SIGKILL
     assert killed.steps[:3] == (0, 2, 4)
     assert len(killed) == 3 * len(killed.steps)
-    # a torn last write (killed inside a snapshot) is not a snapshot
+    # a torn last write (killed inside a snapshot) is not a snapshot: a snapshot with
+    # only some of its layer rows, and a row without its end
+    lines = path.read_text().splitlines(keepends=True)
     with path.open("a") as handle:
+        handle.write(lines[-1].replace(f"{killed.steps[-1]},", f"{killed.steps[-1] + 2},", 1))
         handle.write(f"{killed.steps[-1] + 2},net,conv1,Conv2d,1,0,0.0,3,8,1,3x3,24")
     assert fs.read_history(path).steps == killed.steps
     run_script(tmp_path, path, 12)  # resume from the last checkpoint
