@@ -87,7 +87,11 @@ _CSV_MAGIC = "# filterstats-history "
 
 # --------------------------------------------------------------------------- drift
 def filter_drift(
-    weight: Tensor, start: Tensor, *, unmoved_cosine: float = UNMOVED_COSINE
+    weight: Tensor,
+    start: Tensor,
+    *,
+    unmoved_cosine: float = UNMOVED_COSINE,
+    chunk_bytes: int = 64 * 2**20,
 ) -> tuple[Tensor, Tensor]:
     """Drift of one layer: mean cosine of its output filters to their start, share unmoved.
 
@@ -95,6 +99,8 @@ def filter_drift(
         weight: The layer's weight now, ``(C_out, C_in / groups, *kernel)``.
         start: The same layer's weight at the reference snapshot, same shape.
         unmoved_cosine: A filter with cosine at least this counts as unmoved.
+        chunk_bytes: Working memory: output filters are taken in chunks whose float64
+            copies fit in it.
 
     Returns:
         ``(mean cosine, share unmoved)`` as 0-d float64 tensors on the weight's
@@ -108,17 +114,24 @@ def filter_drift(
             f"`weight` has shape {tuple(weight.shape)} but `start` has {tuple(start.shape)}; "
             "drift compares one layer with itself."
         )
-    now = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
-    ref = start.detach().reshape(start.shape[0], -1).to(device=now.device, dtype=torch.float64)
-    dot = (now * ref).sum(dim=1)
-    sq_now = (now * now).sum(dim=1)
-    sq_ref = (ref * ref).sum(dim=1)
-    # sqrt(x * x) == x exactly in IEEE arithmetic: an unchanged filter has cosine 1.0.
-    cosine = dot / torch.sqrt(sq_now * sq_ref)
-    zero_now, zero_ref = sq_now == 0, sq_ref == 0
-    cosine = torch.where(zero_now & zero_ref, torch.ones_like(cosine), cosine)
-    cosine = torch.where(zero_now ^ zero_ref, torch.zeros_like(cosine), cosine)
-    cosine = cosine.clamp(-1.0, 1.0)
+    rows = weight.detach().reshape(weight.shape[0], -1)
+    starts = start.detach().reshape(start.shape[0], -1)
+    per_row = max(rows.shape[1], 1) * 8 * 3  # two float64 copies and one product
+    chunk = max(1, chunk_bytes // per_row)
+    cosines = []
+    for first in range(0, rows.shape[0], chunk):
+        now = rows[first : first + chunk].to(torch.float64)
+        ref = starts[first : first + chunk].to(device=now.device, dtype=torch.float64)
+        dot = (now * ref).sum(dim=1)
+        sq_now = (now * now).sum(dim=1)
+        sq_ref = (ref * ref).sum(dim=1)
+        # sqrt(x * x) == x exactly in IEEE arithmetic: an unchanged filter has cosine 1.0.
+        cosine = dot / torch.sqrt(sq_now * sq_ref)
+        zero_now, zero_ref = sq_now == 0, sq_ref == 0
+        cosine = torch.where(zero_now & zero_ref, torch.ones_like(cosine), cosine)
+        cosine = torch.where(zero_now ^ zero_ref, torch.zeros_like(cosine), cosine)
+        cosines.append(cosine.clamp(-1.0, 1.0))
+    cosine = torch.cat(cosines)
     unmoved = (cosine >= unmoved_cosine).to(torch.float64)
     return cosine.mean(), unmoved.mean()
 

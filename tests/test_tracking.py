@@ -199,6 +199,9 @@ def test_filter_drift_matches_plain_reference(seed):
         assert mean.dtype == torch.float64
         assert abs(float(mean) - ref_mean) < 1e-12
         assert float(unmoved) == ref_unmoved
+    chunked = filter_drift(weight, start, unmoved_cosine=0.9, chunk_bytes=1)  # one row a chunk
+    assert abs(float(chunked[0]) - reference_drift(weight, start, 0.9)[0]) < 1e-12
+    assert float(chunked[1]) == reference_drift(weight, start, 0.9)[1]
     same_mean, same_unmoved = filter_drift(start, start.clone())
     assert float(same_mean) == 1.0 and float(same_unmoved) == 1.0
     with pytest.raises(ValueError, match="shape"):
