@@ -7,7 +7,9 @@ Run from the repository root::
     python benchmarks/bench_metrics.py --device cuda    # when a GPU exists
 
 Everything runs in one process: per model, one warm-up round, then ``--repeats``
-interleaved rounds (filterstats paper, filterstats torchconvquality, filterstats paper
+interleaved rounds (filterstats paper, the same without the frequency profile
+(``measure(..., frequency=False)``: the pass before it existed), filterstats
+torchconvquality, filterstats paper
 with the compiled kernel pass switched off (``FILTERSTATS_NATIVE=0``, the torch path;
 only when the compiled pass is available), the drop-in
 ``filterstats.compat.torchconvquality.measure_quality`` (CPU), the authors'
@@ -76,6 +78,8 @@ FULL_MODELS = ("WRN-70-16", "WRN-28-10", "ResNet-50")
 QUICK_MODELS = ("small-cnn", "WRN-16-2")
 #: Set to "0", filterstats computes the fused pass in torch instead of compiled code.
 NATIVE_SWITCH = "FILTERSTATS_NATIVE"
+#: The paper definition without the frequency profile (``measure(..., frequency=False)``).
+NO_FREQUENCY = "filterstats (paper), frequency=False"
 
 
 # ------------------------------------------------------------------------ timing
@@ -225,10 +229,12 @@ def bench_model(
     if device.type != "cpu":
         weights = [w.to(device) for w in weights]
 
-    def ours(definition: str) -> Callable[[], metrics.LayerMetrics]:
+    def ours(definition: str, frequency: bool = True) -> Callable[[], metrics.LayerMetrics]:
         if device.type == "cpu":
-            return lambda: fs.measure(fs.extract_filters(model), definition=definition)
-        return lambda: fs.measure(weights, definition=definition)
+            return lambda: fs.measure(
+                fs.extract_filters(model), definition=definition, frequency=frequency
+            )
+        return lambda: fs.measure(weights, definition=definition, frequency=frequency)
 
     def torch_only(fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -246,6 +252,8 @@ def bench_model(
 
     methods: dict[str, Callable[[], Any]] = {
         "filterstats (paper)": ours("paper"),
+        # The pass as it was before the frequency profile (its one extra moment set).
+        NO_FREQUENCY: ours("paper", frequency=False),
         "filterstats (torchconvquality)": ours("torchconvquality"),
     }
     if device.type == "cpu" and fs.kernels.native_pass_available():
@@ -332,6 +340,10 @@ def bench_model(
         }
         if (reference_times := times.get("torchconvquality.measure_quality"))
         else {},
+        # measure() with the frequency profile over measure() without it, per round.
+        "frequency_ratio": statistics.median(
+            t / u for t, u in zip(times["filterstats (paper)"], times[NO_FREQUENCY])
+        ),
         "memory": memory,
         "agreement": agreement,
         "passes": passes,
@@ -414,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     reference = None if args.no_reference else import_reference()
-    rows, pass_rows = [], []
+    rows, pass_rows, frequency_rows = [], [], []
     for name in models:
         result = bench_model(
             name, device, repeats, with_reference=not args.no_reference, torchconvquality=reference
@@ -429,6 +441,10 @@ def main(argv: list[str] | None = None) -> None:
                 + f"{_megabytes(result['memory'].get(label))} | "
                 + f"{result['agreement'].get(label, '')} |"
             )
+        frequency_rows.append(
+            f"| {name} | {result['times'][NO_FREQUENCY]:.3f} | "
+            f"{result['times']['filterstats (paper)']:.3f} | {result['frequency_ratio']:.2f}x |"
+        )
         passes = result["passes"]
         pass_rows.append(
             f"| {name} | {result['weight_bytes'] / 2**20:.0f} MB | {floor:.3f} | "
@@ -450,6 +466,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(pass_rows))
+    print(
+        "\n| model | measure() without frequency profile s | with it s "
+        "| ratio (median per round; target <= 1.3x) |"
+    )
+    print("|---|---:|---:|---:|")
+    print("\n".join(frequency_rows))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,14 @@ from filterstats.distribution import (
 from filterstats.effective_weights import register_effective_weight
 from filterstats.html import report
 from filterstats.layers import ConvLayer, FilterSet, SkippedLayer
-from filterstats.metrics import LayerMetrics, diversity, measure, orthogonality, sparsity
+from filterstats.metrics import (
+    LayerMetrics,
+    diversity,
+    frequency_profile,
+    measure,
+    orthogonality,
+    sparsity,
+)
 from filterstats.resolve import extract_filters
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
 from filterstats.scanning import ScanSummary, open_filters, open_store, scan
@@ -65,6 +72,7 @@ __all__ = [
     "extract_filters",
     "filter_divergence",
     "first_layer_response",
+    "frequency_profile",
     "histogram_divergence",
     "init_baseline",
     "load_model",

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PairedTest", "bootstrap_mean_ci", "mann_whitney", "paired_wilcoxon"]
+__all__ = [
+    "PairedTest",
+    "bootstrap_mean_ci",
+    "holm",
+    "mann_whitney",
+    "paired_wilcoxon",
+]
 
 
 def _scipy_stats() -> Any:
@@ -152,3 +159,47 @@ def bootstrap_mean_ci(
         means = sums[index].sum(axis=1) / counts[index].sum(axis=1)
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error rate control).
+
+    Holm's method controls the probability of any false rejection among the ``m``
+    tests under any dependence between them, which is why it is used for the per-bin
+    and per-metric tests of a comparison (bins of one model are not independent).
+    With the sorted p-values ``p_(1) <= ... <= p_(m)`` the adjusted value is
+    ``max_{j <= i} min(1, (m - j + 1) * p_(j))``; reject at level ``alpha`` where the
+    adjusted value is ``<= alpha``.
+
+    NaN entries (tests that could not be computed) are kept as NaN and do not count
+    towards ``m``.
+
+    Args:
+        p_values: ``(m,)`` unadjusted p-values in [0, 1] (NaN allowed).
+
+    Returns:
+        ``(m,)`` float64 adjusted p-values in the input order, each ``>=`` its input
+        and clipped to 1.
+
+    Raises:
+        ValueError: If `p_values` is not one-dimensional or holds a finite value
+            outside [0, 1].
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"`p_values` must be one-dimensional, got shape {p.shape}")
+    out = np.full(p.shape, math.nan)
+    finite = ~np.isnan(p)
+    values = p[finite]
+    if np.any((values < 0.0) | (values > 1.0)):
+        raise ValueError("`p_values` must lie in [0, 1] (or be NaN)")
+    m = values.size
+    if m == 0:
+        return out
+    order = np.argsort(values, kind="stable")
+    scaled = (m - np.arange(m)) * values[order]
+    adjusted = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    result = np.empty(m)
+    result[order] = adjusted
+    out[finite] = result
+    return out

@@ -13,7 +13,14 @@ import torch
 from filterstats import metric_table
 from filterstats._checks import NanPolicy, check_choice
 from filterstats._version import __version__
-from filterstats.layers import ConvLayer, FilterSet, KernelSelection, SkippedLayer, selection_text
+from filterstats.layers import (
+    ConvLayer,
+    FilterSet,
+    KernelSelection,
+    SkippedLayer,
+    layer_kind,
+    selection_text,
+)
 from filterstats.metrics import Definition, measure
 from filterstats.resolve import ModelInput, extract_filters
 from filterstats.results import AnalysisParams, FilterReport, LayerRow
@@ -35,6 +42,7 @@ def _meta(layer: ConvLayer | SkippedLayer) -> dict[str, Any]:
         "in_channels": layer.in_channels,
         "out_channels": layer.out_channels,
         "groups": layer.groups,
+        "kind": layer_kind(layer.groups, layer.in_channels),
         "kernel_size": _kernel_text(layer.kernel_size),
     }
 
@@ -139,7 +147,8 @@ def analyze(
             n_filters=layer.n_filters,
             n_nonsparse=int(columns["n_nonsparse"][i]),
             shared_with=";".join(layer.shared_with),
-            metrics={m: columns[m][i] for m in computed},
+            # One NaN object (as read_report gives): rows with NaN values compare equal.
+            metrics={m: math.nan if math.isnan(v := columns[m][i]) else v for m in computed},
         )
         for i, layer in enumerate(layers)
     ]

@@ -23,18 +23,29 @@ absolute values depend on what is compared: pass ``value_range`` to fix it.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from filterstats import kernels
+from filterstats._divergence_null import (
+    batch_divergence,
+    kernel_null,
+    label_permutations,
+    permutation_p,
+)
+from filterstats._files import atomic_write_text
 from filterstats._modes import eval_mode
-from filterstats._tables import RowTable
+from filterstats._tables import RowTable, html_table, json_value
 from filterstats._text import fmt, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
 from filterstats.layers import ConvLayer, FilterSet
@@ -59,38 +70,98 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 ALL_DEPTHS = "all"
 
+_T = TypeVar("_T")
+
 
 # ------------------------------------------------------------------------- inputs
 
 
 def _as_filtersets(x: Any, argument: str, kernel_size: tuple[int, ...]) -> list[FilterSet]:
     """One ``FilterSet`` per item, each through the one resolver (same object: once)."""
+    return [source.load() for source in _sources(x, argument, kernel_size)]
+
+
+@dataclass(frozen=True, eq=False)
+class _Source:
+    """One listed model: resolved now (held by the caller anyway) or on each use.
+
+    A path or spec string is resolved each time it is used and dropped afterwards,
+    so functions that stream over a list of specs hold one model at a time.
+    """
+
+    key: tuple[str, Any]
+    item: Any
+    argument: str
+    kernel_size: tuple[int, ...]
+    filters: FilterSet | None
+
+    def load(self) -> FilterSet:
+        if self.filters is not None:
+            return self.filters
+        return extract_filters(self.item, kernel_size=self.kernel_size, argument=self.argument)
+
+
+def _sources(x: Any, argument: str, kernel_size: tuple[int, ...]) -> list[_Source]:
+    """The listed models of ``x``: specs/paths lazily, anything else resolved once."""
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items:
-        raise ValueError(f"`{argument}` is empty: pass a model, a FilterSet or a list of them.")
-    cache: dict[int, FilterSet] = {}  # the same object listed twice is extracted once
+        raise ValueError(
+            f"`{argument}` is empty: pass a model, a FilterSet, a spec or path, or a list of them."
+        )
+    cache: dict[tuple[str, Any], _Source] = {}  # the same model listed twice: one source
     result = []
     for i, item in enumerate(items):
-        if id(item) not in cache:
-            name = f"{argument}[{i}]" if len(items) > 1 else argument
-            cache[id(item)] = extract_filters(item, kernel_size=kernel_size, argument=name)
-        result.append(cache[id(item)])
+        name = f"{argument}[{i}]" if len(items) > 1 else argument
+        lazy = isinstance(item, (str, os.PathLike))
+        key = ("spec", os.fspath(item)) if lazy else ("object", id(item))
+        if key not in cache:
+            filters = (
+                None if lazy else extract_filters(item, kernel_size=kernel_size, argument=name)
+            )
+            cache[key] = _Source(key, item, name, kernel_size, filters)
+        result.append(cache[key])
     return result
 
 
-def _unique(sets: Sequence[FilterSet]) -> list[FilterSet]:
+def _unique(sets: Sequence[_T]) -> list[_T]:
     return list({id(s): s for s in sets}.values())
+
+
+#: Kernels scaled and projected at once in the streaming passes (bounds memory).
+_CHUNK_ROWS = 1 << 16
+
+
+def _layer_rows(layer: ConvLayer, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """A layer's finite kernels as rows (its dtype), their divisors and non-sparse mask.
+
+    Returns:
+        ``rows (N, K)``, ``divisor (N,)`` float64 (each kernel's largest |value|, 1
+        for an all-zero kernel) and ``nonsparse (N,)`` bool.
+    """
+    rows = layer.kernel_matrix.detach()
+    finite = torch.isfinite(rows).all(dim=1)
+    if not bool(finite.all()):
+        rows = rows[finite]
+    kernel_max = kernels.kernel_maxabs(rows).to(torch.float64)  # exact in any precision
+    top = kernel_max.amax() if rows.shape[0] else kernel_max.new_zeros(())
+    nonsparse = (kernel_max > eps * top) & (top > 0)
+    divisor = torch.where(kernel_max > 0, kernel_max, 1.0)
+    return rows, divisor, nonsparse
+
+
+def _scaled_chunks(layer: ConvLayer, eps: float) -> Iterator[tuple[Tensor, Tensor]]:
+    """The scaled kernels of a layer (float64) and their non-sparse mask, in chunks."""
+    rows, divisor, nonsparse = _layer_rows(layer, eps)
+    for start in range(0, rows.shape[0], _CHUNK_ROWS):
+        stop = start + _CHUNK_ROWS
+        scaled = rows[start:stop].to(torch.float64) / divisor[start:stop, None]
+        yield scaled, nonsparse[start:stop]
 
 
 def _layer_kernels(layer: ConvLayer, eps: float) -> tuple[Tensor, Tensor]:
     """Scaled kernels ``(N, K)`` float64 (finite rows only) and their non-sparse mask."""
-    rows = layer.kernel_matrix.detach().to(torch.float64)
-    rows = rows[torch.isfinite(rows).all(dim=1)]
-    kernel_max = kernels.kernel_maxabs(rows)
-    top = kernel_max.amax() if rows.shape[0] else kernel_max.new_zeros(())
-    nonsparse = (kernel_max > eps * top) & (top > 0)
-    scaled = rows / torch.where(kernel_max > 0, kernel_max, 1.0)[:, None]
-    return scaled, nonsparse
+    rows, divisor, nonsparse = _layer_rows(layer, eps)
+    return rows.to(torch.float64) / divisor[:, None], nonsparse
 
 
 def _check_eps(eps: float) -> float:
@@ -226,9 +297,11 @@ def pca_basis(
     float64, then an SVD of the ``K x K`` covariance.
 
     Args:
-        x: A model, a [`FilterSet`][filterstats.FilterSet], a ``(N, K)`` tensor of
-            kernels (used as given), or a list of models/FilterSets (pooled; an
-            object listed twice counts once).
+        x: A model, a [`FilterSet`][filterstats.FilterSet], a spec or path, a
+            ``(N, K)`` tensor of kernels (used as given), or a list of them (pooled;
+            an object or spec listed twice counts once). Specs and paths are loaded
+            one at a time and dropped after use: only the ``K x K`` moments are kept,
+            so a list of specs never holds more than one model.
         eps: Sparsity threshold for dropping kernels.
         kernel_size: Kernel size to select.
         label: Stored in the result.
@@ -253,22 +326,36 @@ def pca_basis(
         size = (side, side) if side * side == x.shape[1] else (x.shape[1],)
         return _fit_basis(count, total, outer, size, label)
     eps = _check_eps(eps)
-    sets = _unique(_as_filtersets(x, "x", kernel_size))
-    count, total, outer = _moments(sets, eps, math.prod(kernel_size))
+    sources = _unique(_sources(x, "x", kernel_size))
+    count, total, outer = _moments(sources, eps, math.prod(kernel_size))
     return _fit_basis(count, total, outer, kernel_size, label)
 
 
-def _moments(sets: Sequence[FilterSet], eps: float, width: int) -> tuple[Tensor, Tensor, Tensor]:
+def _moments(sources: Sequence[_Source], eps: float, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Count, sum and outer products of the non-sparse scaled kernels (float64, CPU).
+
+    One model at a time: each source is loaded, summed and dropped.
+    """
     count = torch.zeros((), dtype=torch.float64)
     total = torch.zeros(width, dtype=torch.float64)
     outer = torch.zeros(width, width, dtype=torch.float64)
-    for filterset in sets:
-        for layer in filterset:
-            scaled, nonsparse = _layer_kernels(layer, eps)
-            if scaled.shape[1] != width:
-                continue
-            n, s, q = kernels.kernel_moments(scaled, weights=nonsparse.to(torch.float64))
-            count, total, outer = count + n.cpu(), total + s.cpu(), outer + q.cpu()
+    for source in sources:  # one model at a time: nothing of it outlives the call
+        n, s, q = _model_moments(source.load(), eps, width)
+        count, total, outer = count + n, total + s, outer + q
+    return count, total, outer
+
+
+def _model_moments(filterset: FilterSet, eps: float, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    count = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros(width, dtype=torch.float64)
+    outer = torch.zeros(width, width, dtype=torch.float64)
+    for layer in filterset:
+        if math.prod(layer.kernel_size) != width:
+            continue
+        rows, divisor, nonsparse = _layer_rows(layer, eps)
+        # Chunked inside: the scaled kernels are never held whole.
+        n, s, q = kernels.kernel_moments(rows, weights=nonsparse.to(torch.float64), scale=divisor)
+        count, total, outer = count + n.cpu(), total + s.cpu(), outer + q.cpu()
     return count, total, outer
 
 
@@ -385,27 +472,73 @@ def _check_hist(bins: int, floor: float) -> None:
         raise ValueError(f"`floor` must be positive, got {floor!r}; the paper uses float32 eps.")
 
 
+#: What the null columns mean, stored with every result.
+NULL_DEFINITION = (
+    "null_mean/null_q95: mean and 95th percentile of D over n_null random reassignments "
+    "of the pooled kernels of the bin to groups of sizes n_a and n_b (per component, "
+    "hypergeometric from the pooled histogram counts); corrected = divergence - null_mean; "
+    "p_value: permutation test of D over relabellings of the models (swaps within pairs "
+    "when paired, reassignment across groups otherwise), from per-model histogram counts; "
+    "p_adjusted: Holm over the depth bins; baseline_a/b: mean corrected D between two "
+    "models of the same group"
+)
+
+#: Average kernels per histogram bin below which a depth bin is flagged ``few_kernels``.
+MIN_KERNELS_PER_HISTOGRAM_BIN = 5
+
+#: Most model pairs per group used for the same-kind baseline (random, seeded, beyond).
+MAX_BASELINE_PAIRS = 45
+
+
 @dataclass(frozen=True)
 class DivergenceRow:
-    """Distribution shift in one depth bin.
+    """Distribution shift in one depth bin, with its null.
 
     Attributes:
         bin: Depth bin label, or ``"all"`` for every depth pooled.
         n_a: Non-sparse kernels of group a in the bin (a shared model counted as
             often as it is listed under ``twins="per_pair"``).
         n_b: The same for group b.
-        divergence: D in nats; NaN when a group has no kernel in the bin.
+        divergence: D in nats, the paper's estimator exactly; NaN when a group has
+            no kernel in the bin.
+        null_mean: Mean D over ``n_null`` random reassignments of the bin's pooled
+            kernels to groups of sizes ``n_a`` and ``n_b``: the divergence expected
+            from the sample sizes alone, with no difference at all.
+        null_q95: 95th percentile of those null draws.
+        corrected: ``divergence - null_mean`` (the sample-size bias removed). A bias
+            correction, not a test: models of the same kind differ too (see
+            ``baseline_a``/``baseline_b``).
+        p_value: Permutation p-value of D over relabellings of the *models* (the
+            unit of inference): do the groups differ more than models differ among
+            themselves? NaN when fewer than two distinct relabellings exist (one
+            model per group, one pair).
+        p_adjusted: ``p_value`` adjusted over the depth bins (Holm); for ``"all"``
+            (a single test) equal to ``p_value``.
+        baseline_a: Mean ``corrected`` D between two models of group a (the same
+            kind); NaN with fewer than two distinct models.
+        baseline_b: The same within group b.
+        few_kernels: Fewer than ``MIN_KERNELS_PER_HISTOGRAM_BIN`` (5) kernels per
+            histogram bin on average in the smaller group: the histograms are mostly
+            empty bins and D mostly sample-size bias.
     """
 
     bin: str
     n_a: int
     n_b: int
     divergence: float
+    null_mean: float = math.nan
+    null_q95: float = math.nan
+    corrected: float = math.nan
+    p_value: float = math.nan
+    p_adjusted: float = math.nan
+    baseline_a: float = math.nan
+    baseline_b: float = math.nan
+    few_kernels: bool = False
 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class DivergenceByDepth(RowTable):
-    """The paper's distribution shift per depth bin; prints as a table.
+    """The paper's distribution shift per depth bin, with its null; prints as a table.
 
     Attributes:
         rows: One [`DivergenceRow`][filterstats.distribution.DivergenceRow] per depth
@@ -416,6 +549,20 @@ class DivergenceByDepth(RowTable):
         bins: Histogram bins.
         floor: Floor of empty bins.
         twins: ``"per_pair"`` or ``"unique"``.
+        eps: Sparsity threshold.
+        kernel_size: Kernel size selected.
+        depth_bins: Number of depth bins, ``first_bin``, ``include_lowest`` as a dict.
+        n_models: Models listed per group ``(a, b)`` (as counted by ``twins``).
+        n_distinct_models: Distinct models per group ``(a, b)``.
+        design: ``"paired"`` (model ``i`` of a with model ``i`` of b) or ``"unpaired"``.
+        n_null: Kernel reassignments per bin for ``null_mean``/``null_q95``.
+        n_permutations: Most model relabellings for ``p_value``.
+        permutations: How ``p_value`` was obtained: ``"exact"`` (every distinct
+            relabelling), ``"random"`` or ``"not available"``.
+        n_relabellings: Distinct model relabellings (the observed one included).
+        p_min: Smallest attainable ``p_value`` (NaN: no test possible).
+        seed: Seed of the null draws and random relabellings.
+        version: filterstats version that computed the result.
     """
 
     rows: tuple[DivergenceRow, ...]
@@ -425,6 +572,19 @@ class DivergenceByDepth(RowTable):
     bins: int
     floor: float
     twins: str
+    eps: float = 0.01
+    kernel_size: tuple[int, ...] = (3, 3)
+    depth_bins: dict[str, Any] | None = None
+    n_models: tuple[int, int] = (0, 0)
+    n_distinct_models: tuple[int, int] = (0, 0)
+    design: str = "unpaired"
+    n_null: int = 0
+    n_permutations: int = 0
+    permutations: str = "not available"
+    n_relabellings: int = 1
+    p_min: float = math.nan
+    seed: int = 0
+    version: str = ""
     _row_type = DivergenceRow
 
     def __len__(self) -> int:
@@ -446,14 +606,140 @@ class DivergenceByDepth(RowTable):
         """The depth-bin rows (without ``"all"``)."""
         return tuple(r for r in self.rows if r.bin != ALL_DEPTHS)
 
+    @property
+    def p_value_note(self) -> str:
+        """What the p-values can say with this many models, in words."""
+        a, b = self.n_models
+        if self.permutations == "not available":
+            unit = "one pair" if self.design == "paired" else f"{a} and {b} model(s)"
+            return (
+                f"p_value not available: with {unit} no relabelling of the models exists, so "
+                "no inference across models is possible (D and corrected are descriptive)"
+            )
+        how = (
+            f"all {self.n_relabellings} distinct relabellings"
+            if self.permutations == "exact"
+            else f"{self.n_permutations} random relabellings of {self.n_relabellings}"
+        )
+        unit = f"{a} pairs" if self.design == "paired" else f"{a} vs {b} models"
+        return (
+            f"p_value over {how} of {unit} ({self.design}); smallest attainable p {self.p_min:.4g}"
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """How the result was made, as stored in every export.
+
+        Returns:
+            A JSON-ready dict: labels, eps, kernel size, histogram bins and range,
+            floor, twins, depth bins, models per group, design, n_null,
+            n_permutations, the permutations used, p_min, seed, the definition of
+            the nulls and the library version.
+        """
+        return {
+            "estimator": "EVR-weighted symmetric KL of 70-bin-style histograms (paper)",
+            "labels": list(self.labels),
+            "eps": self.eps,
+            "kernel_size": list(self.kernel_size),
+            "bins": self.bins,
+            "value_range": list(self.value_range),
+            "floor": self.floor,
+            "twins": self.twins,
+            "depth_bins": dict(self.depth_bins or {}),
+            "n_models": list(self.n_models),
+            "n_distinct_models": list(self.n_distinct_models),
+            "design": self.design,
+            "n_null": self.n_null,
+            "n_permutations": self.n_permutations,
+            "permutations": self.permutations,
+            "n_relabellings": self.n_relabellings,
+            "p_min": None if math.isnan(self.p_min) else self.p_min,
+            "seed": self.seed,
+            "multiplicity": "Holm over depth bins",
+            "null_definition": NULL_DEFINITION,
+            "version": self.version,
+        }
+
+    def _title(self) -> str:
+        a, b = self.labels
+        return (
+            f"Distribution shift {a} vs {b}: EVR-weighted symmetric KL, {self.bins} bins over "
+            f"[{self.value_range[0]:.4g}, {self.value_range[1]:.4g}], twins {self.twins}, "
+            f"eps={self.eps:g}, kernel={'x'.join(map(str, self.kernel_size))}, models "
+            f"{self.n_models[0]}+{self.n_models[1]} ({self.design}), n_null={self.n_null}, "
+            f"seed={self.seed}, filterstats {self.version}"
+        )
+
     def __repr__(self) -> str:
         a, b = self.labels
-        lines = [[r.bin, str(r.n_a), str(r.n_b), fmt(r.divergence)] for r in self.rows]
-        title = (
-            f"Distribution shift {a} vs {b}: EVR-weighted symmetric KL, {self.bins} bins over "
-            f"[{self.value_range[0]:.4g}, {self.value_range[1]:.4g}], twins {self.twins}"
-        )
-        return render_table(title, ["bin", f"kernels {a}", f"kernels {b}", "D"], lines)
+        lines = [
+            [r.bin, str(r.n_a), str(r.n_b), fmt(r.divergence), fmt(r.null_mean),
+             fmt(r.null_q95), fmt(r.corrected), fmt(r.p_value), fmt(r.p_adjusted),
+             fmt(r.baseline_a), fmt(r.baseline_b), "few kernels" if r.few_kernels else ""]
+            for r in self.rows
+        ]  # fmt: skip
+        head = [
+            "bin", f"kernels {a}", f"kernels {b}", "D", "null mean", "null q95", "corrected",
+            "p", "p (Holm)", f"within {a}", f"within {b}", "note",
+        ]  # fmt: skip
+        notes = [
+            self.p_value_note,
+            "null: D with the kernels of both groups reassigned at random (sample-size bias); "
+            "corrected = D - null mean; within: mean corrected D between two models of one group",
+        ]
+        if any(r.few_kernels for r in self.rows):
+            notes.append(
+                f"few kernels: under {MIN_KERNELS_PER_HISTOGRAM_BIN} kernels per histogram bin "
+                f"({self.bins} bins): D there is mostly sample-size bias"
+            )
+        return "\n".join([render_table(self._title(), head, lines), *notes])
+
+    def _repr_html_(self) -> str:
+        """The table as HTML; its title and notes (how it was made) as the caption."""
+        caption = self._title() + ". " + self.p_value_note
+        return html_table(self.to_records(), self.columns, caption=caption)
+
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write (or return) the rows as CSV after a ``# filterstats {json}`` provenance line.
+
+        Args:
+            path: File to write (atomically); ``None`` returns the text only.
+
+        Returns:
+            The CSV text.
+        """
+        body = RowTable.to_csv(self)
+        text = "# filterstats " + json.dumps(self.provenance(), sort_keys=True) + "\n" + body
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write (or return) ``{"filterstats": provenance, "rows": [...]}``; NaN as null.
+
+        Args:
+            path: File to write (atomically); ``None`` returns the text only.
+
+        Returns:
+            The JSON text.
+        """
+        payload = {
+            "filterstats": self.provenance(),
+            "rows": [{k: json_value(v) for k, v in r.items()} for r in self.to_records()],
+        }
+        text = json.dumps(payload, indent=1, allow_nan=False)
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_pandas(self) -> Any:
+        """Rows as a DataFrame; ``df.attrs["filterstats"]`` holds the provenance.
+
+        Returns:
+            A pandas DataFrame (needs ``filterstats[pandas]``).
+        """
+        frame = RowTable.to_pandas(self)
+        frame.attrs["filterstats"] = self.provenance()
+        return frame
 
 
 def _layer_bins(filterset: FilterSet, options: dict[str, Any]) -> list[str | None]:
@@ -463,6 +749,47 @@ def _layer_bins(filterset: FilterSet, options: dict[str, Any]) -> list[str | Non
          for layer in filterset],
         **options,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Projection:
+    """Per-model passes of ``filter_divergence``: coefficient range, histogram counts."""
+
+    basis: PCABasis
+    eps: float
+    width: int
+    options: dict[str, Any]
+
+    def _layers(self, filterset: FilterSet) -> Iterator[tuple[str | None, Tensor, Tensor]]:
+        """``(depth bin, coefficients, non-sparse mask)`` per chunk of each layer."""
+        for layer, label in zip(filterset, _layer_bins(filterset, self.options)):
+            if math.prod(layer.kernel_size) != self.width:
+                continue
+            for scaled, nonsparse in _scaled_chunks(layer, self.eps):
+                yield label, self.basis.transform(scaled), nonsparse
+
+    def range(self, filterset: FilterSet) -> tuple[float, float]:
+        """Smallest and largest coefficient of every kernel (sparse ones included)."""
+        low, high = math.inf, -math.inf
+        for _, coefficients, _ in self._layers(filterset):
+            if coefficients.numel():
+                low = min(low, float(coefficients.min()))
+                high = max(high, float(coefficients.max()))
+        return low, high
+
+    def counts(self, filterset: FilterSet, edges: np.ndarray) -> dict[str, np.ndarray]:
+        """``{depth bin: (K, bins) int64 counts}`` of the non-sparse kernels, and "all"."""
+        per_bin: dict[str, np.ndarray] = {}
+        for label, coefficients, nonsparse in self._layers(filterset):
+            hist = _histogram_counts(coefficients[nonsparse], edges).numpy()
+            for key in (label, ALL_DEPTHS) if label is not None else (ALL_DEPTHS,):
+                per_bin[key] = per_bin.get(key, 0) + hist
+        return per_bin
+
+
+def _bin_generator(seed: int, index: int, purpose: int) -> np.random.Generator:
+    """An independent, reproducible stream per depth bin and purpose."""
+    return np.random.default_rng([seed, index, purpose])
 
 
 def filter_divergence(
@@ -480,11 +807,31 @@ def filter_divergence(
     eps: float = 0.01,
     twins: Literal["per_pair", "unique"] = "per_pair",
     kernel_size: tuple[int, ...] = (3, 3),
+    paired: bool | None = None,
+    n_null: int = 200,
+    n_permutations: int = 2000,
+    seed: int = 0,
 ) -> DivergenceByDepth:
-    """The paper's kernel-distribution shift between two groups, per depth bin.
+    """The paper's kernel-distribution shift between two groups, per depth bin, with nulls.
+
+    ``divergence`` is the paper's estimator exactly. It is biased by sample size: with
+    few kernels a 70-bin histogram is mostly empty bins, and two samples of the very
+    same distribution give a large D. Each row therefore also holds the divergence
+    expected with no difference (``null_mean``, ``null_q95``), the bias-corrected
+    ``corrected``, a permutation ``p_value`` over the *models* (Holm-adjusted over the
+    bins in ``p_adjusted``) and the same-kind baseline ``baseline_a``/``baseline_b``
+    (see [`DivergenceRow`][filterstats.distribution.DivergenceRow]).
+
+    Streaming: specs and paths in ``a``/``b`` are loaded one at a time (through
+    [`extract_filters`][filterstats.extract_filters]) and dropped after use; only the
+    basis moments, the coefficient range and per-model, per-depth-bin histogram counts
+    (``K x bins`` integers) are kept, which is also all the nulls need. A spec is read
+    up to three times (basis, range, histograms): pass ``basis`` and ``value_range``
+    to read each once.
 
     Args:
-        a: Model, [`FilterSet`][filterstats.FilterSet] or list of them (group a).
+        a: Model, [`FilterSet`][filterstats.FilterSet], spec or path, or a list of
+            them (group a).
         b: The same for group b. A model listed several times (a twin shared by
             several pairs) counts that often under ``twins="per_pair"`` (the paper).
         labels: Names of the groups.
@@ -501,6 +848,15 @@ def filter_divergence(
         eps: Sparsity threshold (sparse kernels are left out of the histograms).
         twins: ``"per_pair"`` or ``"unique"`` (each model once).
         kernel_size: Kernel size to select.
+        paired: Model ``i`` of a and model ``i`` of b form a pair (the paper's robust
+            models and their normal twins); the permutation test then swaps within
+            pairs. ``None``: paired when both lists have the same length and
+            ``twins="per_pair"``.
+        n_null: Random kernel reassignments per bin for ``null_mean``/``null_q95``
+            (and per model pair for the baselines); 0 skips the nulls.
+        n_permutations: Model relabellings at most; all distinct ones are enumerated
+            when there are no more than this.
+        seed: Seed of every random draw (the result is deterministic).
 
     Returns:
         A [`DivergenceByDepth`][filterstats.distribution.DivergenceByDepth]: one row per
@@ -510,61 +866,90 @@ def filter_divergence(
     _check_hist(bins, floor)
     if twins not in ("per_pair", "unique"):
         raise ValueError(f"`twins` must be 'per_pair' or 'unique', got {twins!r}.")
-    sets_a = _as_filtersets(a, "a", kernel_size)
-    sets_b = _as_filtersets(b, "b", kernel_size)
+    if not isinstance(n_null, int) or n_null < 0:
+        raise ValueError(f"`n_null` must be a non-negative integer, got {n_null!r}.")
+    if not isinstance(n_permutations, int) or n_permutations < 1:
+        raise ValueError(f"`n_permutations` must be a positive integer, got {n_permutations!r}.")
+    src_a = _sources(a, "a", kernel_size)
+    src_b = _sources(b, "b", kernel_size)
     if twins == "unique":
-        sets_a, sets_b = _unique(sets_a), _unique(sets_b)
-    everything = _unique(sets_a + sets_b)
+        src_a, src_b = _unique(src_a), _unique(src_b)
+    if paired is None:
+        paired = len(src_a) == len(src_b) and twins == "per_pair"
+    elif paired and (len(src_a) != len(src_b) or twins != "per_pair"):
+        raise ValueError(
+            f"`paired=True` needs as many models in `a` as in `b` ({len(src_a)}, {len(src_b)}) "
+            "and twins='per_pair'; pass paired=False for two independent groups."
+        )
+    everything = _unique(src_a + src_b)
     width = math.prod(kernel_size)
     if basis is None:
         count, total, outer = _moments(everything, eps, width)
         basis = _fit_basis(count, total, outer, kernel_size, "+".join(labels))
+    fitted = basis
     options = {"bins": depth_bins, "first_bin": first_bin, "include_lowest": include_lowest}
     labels_depth = depth_bin_labels(depth_bins, first_bin=first_bin, include_lowest=include_lowest)
 
-    def projected(filterset: FilterSet) -> Iterator[tuple[str | None, Tensor, Tensor]]:
-        for layer, label in zip(filterset, _layer_bins(filterset, options)):
-            scaled, nonsparse = _layer_kernels(layer, eps)
-            if scaled.shape[1] == width:
-                yield label, basis.transform(scaled), nonsparse
-
+    projection = _Projection(fitted, eps, width, options)
     if value_range is None:
         low, high = math.inf, -math.inf
-        for filterset in everything:
-            for _, coefficients, _ in projected(filterset):
-                if coefficients.numel():
-                    low = min(low, float(coefficients.min()))
-                    high = max(high, float(coefficients.max()))
+        for source in everything:  # one model at a time: nothing of it outlives the call
+            low_i, high_i = projection.range(source.load())
+            low, high = min(low, low_i), max(high, high_i)
         if not math.isfinite(low):
             raise ValueError(f"no {kernel_size} kernels in either group: nothing to compare.")
         value_range = (low, high)
     edges = _edges(value_range, bins)
-    # Histogram counts per model and depth bin; duplicated models reuse them.
-    counts: dict[int, dict[str, np.ndarray]] = {}
-    for filterset in everything:
-        per_bin: dict[str, np.ndarray] = {}
-        for label, coefficients, nonsparse in projected(filterset):
-            hist = _histogram_counts(coefficients[nonsparse], edges).numpy()
-            for key in (label, ALL_DEPTHS) if label is not None else (ALL_DEPTHS,):
-                per_bin[key] = per_bin.get(key, 0) + hist
-        counts[id(filterset)] = per_bin
+    # Histogram counts per model and depth bin, one model at a time; a model listed
+    # twice reuses them. These counts are all that D and both nulls need.
+    counts = {id(source): projection.counts(source.load(), edges) for source in everything}
     weights = basis.explained_variance_ratio.numpy()
+    zero = np.zeros((width, bins), dtype=np.int64)
+    listed = src_a + src_b
+    relabel = label_permutations(
+        len(src_a), len(src_b), paired=paired, n_permutations=n_permutations,
+        generator=np.random.default_rng([seed, 0, 2]),
+    )  # fmt: skip
+    groups_unique = (_unique(src_a), _unique(src_b))
     rows = []
-    for label in (*labels_depth, ALL_DEPTHS):
-        hist_a = np.zeros((width, bins))
-        hist_b = np.zeros((width, bins))
-        for s in sets_a:
-            hist_a = hist_a + counts[id(s)].get(label, 0)
-        for s in sets_b:
-            hist_b = hist_b + counts[id(s)].get(label, 0)
+    for index, label in enumerate((*labels_depth, ALL_DEPTHS)):
+        per_model = np.stack([counts[id(s)].get(label, zero) for s in listed]).astype(np.int64)
+        hist_a = per_model[: len(src_a)].sum(axis=0)
+        hist_b = per_model[len(src_a) :].sum(axis=0)
         n_a, n_b = int(hist_a[0].sum()), int(hist_b[0].sum())
+        few = min(n_a, n_b) < MIN_KERNELS_PER_HISTOGRAM_BIN * bins
         if n_a == 0 or n_b == 0:
-            value = math.nan
-        else:
-            p = _probabilities(hist_a, edges, floor)
-            q = _probabilities(hist_b, edges, floor)
-            value = _symmetric_kl(p, q, weights)
-        rows.append(DivergenceRow(label, n_a, n_b, value))
+            rows.append(DivergenceRow(label, n_a, n_b, math.nan, few_kernels=few))
+            continue
+        p = _probabilities(hist_a.astype(np.float64), edges, floor)
+        q = _probabilities(hist_b.astype(np.float64), edges, floor)
+        value = _symmetric_kl(p, q, weights)
+        null_mean, null_q95 = _null_summary(
+            hist_a + hist_b, n_a, n_null, edges, floor, weights, _bin_generator(seed, index, 0)
+        )
+        p_value = permutation_p(
+            per_model, value, relabel, edges=edges, floor=floor, weights=weights
+        )
+        baselines = [
+            _baseline(
+                [counts[id(s)].get(label, zero) for s in group], n_null, edges, floor, weights,
+                _bin_generator(seed, index, 3 + side),
+            )
+            for side, group in enumerate(groups_unique)
+        ]  # fmt: skip
+        row = DivergenceRow(
+            label, n_a, n_b, value, null_mean=null_mean, null_q95=null_q95,
+            corrected=value - null_mean, p_value=p_value, baseline_a=baselines[0],
+            baseline_b=baselines[1], few_kernels=few,
+        )  # fmt: skip
+        rows.append(row)
+    rows = _adjust(rows)
+    from filterstats._version import __version__
+
+    if relabel.n_distinct < 2:
+        how = "not available"
+    else:
+        how = "exact" if relabel.exact else "random"
     return DivergenceByDepth(
         rows=tuple(rows),
         labels=(str(labels[0]), str(labels[1])),
@@ -573,7 +958,86 @@ def filter_divergence(
         bins=bins,
         floor=floor,
         twins=twins,
+        eps=eps,
+        kernel_size=tuple(kernel_size),
+        depth_bins=dict(options),
+        n_models=(len(src_a), len(src_b)),
+        n_distinct_models=(len(groups_unique[0]), len(groups_unique[1])),
+        design=relabel.design,
+        n_null=n_null,
+        n_permutations=n_permutations,
+        permutations=how,
+        n_relabellings=relabel.n_distinct,
+        p_min=relabel.p_min,
+        seed=seed,
+        version=__version__,
     )
+
+
+def _adjust(rows: list[DivergenceRow]) -> list[DivergenceRow]:
+    """``p_adjusted``: Holm over the depth bins (NaN ones not counted); ``"all"`` as it is."""
+    from filterstats._stats import holm
+
+    depth = [i for i, r in enumerate(rows) if r.bin != ALL_DEPTHS]
+    adjusted = dict(zip(depth, holm(np.array([rows[i].p_value for i in depth]))))
+    rows = [
+        dataclasses.replace(r, p_adjusted=float(adjusted.get(i, r.p_value)))
+        for i, r in enumerate(rows)
+    ]
+    # One NaN object, so that rows (and their records) of equal results compare equal.
+    return [_one_nan(r) for r in rows]
+
+
+def _one_nan(row: DivergenceRow) -> DivergenceRow:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(row):
+        value = getattr(row, f.name)
+        if isinstance(value, float) and math.isnan(value):
+            values[f.name] = math.nan
+    return dataclasses.replace(row, **values)
+
+
+def _null_summary(
+    pooled: np.ndarray,
+    n_a: int,
+    n_null: int,
+    edges: np.ndarray,
+    floor: float,
+    weights: np.ndarray,
+    generator: np.random.Generator,
+) -> tuple[float, float]:
+    draws = kernel_null(
+        pooled, n_a, n_null=n_null, edges=edges, floor=floor, weights=weights, generator=generator
+    )
+    if draws.size == 0:
+        return math.nan, math.nan
+    return float(draws.mean()), float(np.quantile(draws, 0.95))
+
+
+def _baseline(
+    group: Sequence[np.ndarray],
+    n_null: int,
+    edges: np.ndarray,
+    floor: float,
+    weights: np.ndarray,
+    generator: np.random.Generator,
+) -> float:
+    """Mean corrected D between two distinct models of one group (NaN: under two)."""
+    pairs = list(itertools.combinations(range(len(group)), 2))
+    if len(pairs) > MAX_BASELINE_PAIRS:
+        chosen = generator.choice(len(pairs), size=MAX_BASELINE_PAIRS, replace=False)
+        pairs = [pairs[i] for i in sorted(chosen)]
+    values = []
+    for i, j in pairs:
+        x, y = np.asarray(group[i]), np.asarray(group[j])
+        n_x, n_y = int(x[0].sum()), int(y[0].sum())
+        if n_x == 0 or n_y == 0:
+            continue
+        value = float(batch_divergence(x.astype(np.float64), y.astype(np.float64), edges, floor,
+                                       weights))  # fmt: skip
+        null_mean, _ = _null_summary(x + y, n_x, n_null, edges, floor, weights, generator)
+        values.append(value - null_mean)
+    return float(np.mean(values)) if values else math.nan
 
 
 # ------------------------------------------------------------- first-layer response

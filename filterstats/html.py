@@ -149,6 +149,28 @@ def _report_sections(obj: FilterReport, figures: bool) -> list[str]:
     return parts
 
 
+def _provenance_records(provenance: Any) -> list[dict[str, Any]]:
+    return [
+        {"parameter": key, "value": ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v}
+        for key, v in provenance.items()
+    ]
+
+
+def _inference_note(summary: Any) -> str:
+    n_pairs = summary.rows[0].n_pairs if summary.rows else 0
+    if n_pairs < 2:
+        return (
+            "One pair: no inference across models is possible; intervals and tests over "
+            "pairs are not available (nan), the columns over units are descriptive."
+        )
+    over = "model pairs" if summary.design == "paired" else "models"
+    return (
+        f"Headline columns (mean_diff to signs) are inference over {over}; p_holm is "
+        "Holm-adjusted over the rows of the table. Columns unit_*, median_diff, "
+        "wilcoxon_p and rank_biserial pool the layers of all pairs and are descriptive."
+    )
+
+
 def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> list[str]:
     summary = obj.summary()
     depth = obj.by_depth()
@@ -159,7 +181,10 @@ def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> lis
         f"layers matched by {obj.match}; twins counted {obj.twins.replace('_', ' ')}; "
         f"differences are {html.escape(a)} - {html.escape(b)}; bootstrap "
         f"{obj.n_boot} resamples, seed {obj.seed}.</p>",
+        "<h2>How this comparison was made</h2>",
+        _table("provenance", _provenance_records(summary.provenance), ["parameter", "value"]),
         "<h2>Summary</h2>",
+        f'<p class="meta">{html.escape(_inference_note(summary))}</p>',
         _table("summary", *_records_of(summary)),
         f"<h2>By depth (units: {depth.unit}s)</h2>",
     ]
@@ -172,8 +197,19 @@ def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> lis
             f"{html.escape(', '.join(empty))}.</p>"
         )
     parts.append(_table("by-depth", filled, columns))
+    if obj.definition_check is not None:
+        check = obj.definition_check
+        parts += [
+            "<h2>Direction under both definitions</h2>",
+            f'<p class="meta">Sign differs between the definitions: '
+            f"{html.escape(check.flagged_text())}.</p>",
+            _table("definitions", *_records_of(check)),
+        ]
     if divergence is not None:
+        made = getattr(divergence, "_title", lambda: "")()  # how it was made, with its null
+        note = getattr(divergence, "p_value_note", "")
         parts += ["<h2>Distribution shift by depth</h2>",
+                  f'<p class="meta">{html.escape(made)}. {html.escape(note)}</p>',
                   _table("divergence", *_records_of(divergence))]  # fmt: skip
     if obj.unmatched:
         items = "".join(f"<li>{html.escape(u)}</li>" for u in obj.unmatched)

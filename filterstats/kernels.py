@@ -14,6 +14,7 @@ returns one value per kernel in the weights' compute dtype.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,8 +29,11 @@ __all__ = [
     "KernelPass",
     "LayerSparsity",
     "Moments",
+    "dct_basis",
     "entropy_threshold",
     "finite_rows",
+    "frequency_bands",
+    "frequency_energy",
     "kernel_maxabs",
     "kernel_moments",
     "kernel_pass",
@@ -866,3 +870,129 @@ def pair_count(n: Tensor) -> Tensor:
     """
     n = n.to(torch.float64)
     return n * (n - 1.0)
+
+
+# ------------------------------------------------------------------ frequency
+
+
+def _dct_matrix(size: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    r"""The orthonormal 1-D DCT-II matrix of length ``size``.
+
+    :math:`C_{un} = \alpha_u \cos\big(\pi (2n + 1) u / (2k)\big)` with
+    :math:`\alpha_0 = \sqrt{1/k}` and :math:`\alpha_u = \sqrt{2/k}` otherwise, so that
+    :math:`C C^\top = I` (``scipy.fft.dct(x, norm="ortho")`` is :math:`C x`).
+
+    Args:
+        size: Length ``k >= 1``.
+        dtype: Floating dtype of the result.
+
+    Returns:
+        ``(k, k)``: row ``u`` is the basis vector of frequency ``u``.
+    """
+    n = torch.arange(size, dtype=torch.float64)
+    u = n[:, None]
+    matrix = torch.cos(torch.pi * (2.0 * n[None, :] + 1.0) * u / (2.0 * size))
+    scale = torch.full_like(u, math.sqrt(2.0 / size))
+    scale[0] = math.sqrt(1.0 / size)
+    matrix *= scale
+    return matrix.to(dtype)
+
+
+def dct_basis(kernel_size: Sequence[int], *, dtype: torch.dtype = torch.float64) -> Tensor:
+    r"""The orthonormal n-D DCT-II of a flattened kernel as one ``(K, K)`` matrix.
+
+    For a kernel :math:`X` of shape ``kernel_size`` flattened row-major to
+    :math:`x` (as every pass here flattens kernels), the n-D DCT-II coefficients
+    flattened the same way are :math:`D x` with
+    :math:`D = C_{k_1} \otimes \dots \otimes C_{k_d}` (Kronecker product of
+    `_dct_matrix`): for 2-D,
+    :math:`\operatorname{vec}(C_h X C_w^\top)`, what
+    ``scipy.fft.dctn(X, norm="ortho")`` gives. :math:`D` is orthogonal, so a kernel's
+    energy is conserved (Parseval).
+
+    Args:
+        kernel_size: Spatial kernel size, e.g. ``(3, 3)``.
+        dtype: Floating dtype of the result.
+
+    Returns:
+        ``(K, K)`` with ``K = prod(kernel_size)``.
+    """
+    basis = torch.ones(1, 1, dtype=torch.float64)
+    for size in kernel_size:
+        basis = torch.kron(basis, _dct_matrix(int(size)))
+    return basis.to(dtype)
+
+
+#: Band index of [`frequency_bands`][filterstats.kernels.frequency_bands].
+_BAND_DC, _BAND_LOW, _BAND_HIGH = 0, 1, 2
+
+
+def frequency_bands(kernel_size: Sequence[int]) -> Tensor:
+    r"""The band of each DCT-II frequency of a kernel: DC, low or high.
+
+    Frequency :math:`u = (u_1, \dots, u_d)` (one index per axis, ``0 <= u_a < k_a``;
+    basis vector :math:`u_a` oscillates at :math:`u_a / (2 k_a)` cycles per tap) is
+
+    * DC (``0``) when every :math:`u_a = 0`;
+    * low (``1``) when otherwise every :math:`2 u_a < k_a`: below half the Nyquist
+      frequency on every axis;
+    * high (``2``) otherwise.
+
+    For 3x3 kernels: DC is (0, 0); low is (0, 1), (1, 0), (1, 1); high the other five.
+    For 5x5: low is every non-DC frequency with both indices at most 2 (8 of them),
+    for 7x7 at most 3 (15). A 1x1 kernel is DC only; a 2x2 kernel has no low band.
+
+    Args:
+        kernel_size: Spatial kernel size, e.g. ``(3, 3)``.
+
+    Returns:
+        ``(K,)`` int64 band indices in the row-major order of
+        [`dct_basis`][filterstats.kernels.dct_basis].
+    """
+    grids = torch.meshgrid(*(torch.arange(int(k)) for k in kernel_size), indexing="ij")
+    sizes = [int(k) for k in kernel_size]
+    dc = torch.ones(grids[0].shape, dtype=torch.bool)
+    low = torch.ones(grids[0].shape, dtype=torch.bool)
+    for index, size in zip(grids, sizes):
+        dc &= index == 0
+        low &= 2 * index < size
+    bands = torch.where(dc, _BAND_DC, torch.where(low, _BAND_LOW, _BAND_HIGH))
+    return bands.reshape(-1)
+
+
+def frequency_energy(
+    count: Tensor, total: Tensor, outer: Tensor, shift: Tensor | None, basis: Tensor
+) -> Tensor:
+    r"""Summed energy of the kernels at each DCT-II frequency, batched over layers.
+
+    From the moments of [`kernel_pass`][filterstats.kernels.kernel_pass] (shift
+    :math:`c`): the uncentred second moment is
+    :math:`Q = \sum_i x_i x_i^\top = O + c s^\top + s c^\top + n c c^\top`, and the
+    energy at frequency :math:`j` is
+    :math:`e_j = \sum_i (D x_i)_j^2 = (D Q D^\top)_{jj}`: one batched product over
+    the layers of one kernel size, no second read of the kernels.
+
+    Args:
+        count: ``(L,)`` kernels counted per layer.
+        total: ``(L, K)`` sums of the shifted kernels.
+        outer: ``(L, K, K)`` outer-product sums of the shifted kernels.
+        shift: ``(L, K)`` shifts, or ``None`` (moments of the kernels themselves).
+        basis: ``(K, K)`` float64 [`dct_basis`][filterstats.kernels.dct_basis].
+
+    Returns:
+        ``(L, K)`` float64 energies (sum of squared coefficients), frequencies in the
+        row-major order of ``basis``; their sum is :math:`\operatorname{tr} Q`.
+    """
+    second = outer
+    if shift is not None:
+        cross = shift[:, :, None] * total[:, None, :]
+        second = (
+            outer
+            + cross
+            + cross.transpose(1, 2)
+            + count[:, None, None] * shift[:, :, None] * shift[:, None, :]
+        )
+    basis = basis.to(device=second.device, dtype=torch.float64)
+    projected = torch.matmul(basis, second)  # (L, K, K): D Q
+    # diag(D Q D^T); rounding can leave -1e-31 where the energy is 0.
+    return (projected * basis).sum(dim=2).clamp_min_(0.0)

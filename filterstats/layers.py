@@ -18,9 +18,31 @@ __all__ = [
     "KernelSelection",
     "SkippedLayer",
     "kernel_matches",
+    "layer_kind",
     "layer_name",
     "selection_text",
 ]
+
+
+def layer_kind(groups: int | None, in_channels: int | None) -> str:
+    """How a convolution connects its inputs: ``"dense"``, ``"grouped"`` or ``"depthwise"``.
+
+    Args:
+        groups: Convolution groups (``None``: unknown, as for state dicts).
+        in_channels: Input channels of the whole convolution (all groups).
+
+    Returns:
+        ``"dense"`` for one group, ``"depthwise"`` for one input channel per group,
+        ``"grouped"`` for other groupings, ``""`` when the groups are unknown.
+    """
+    if groups is None:
+        return ""
+    if groups <= 1:
+        return "dense"
+    if in_channels is not None and in_channels == groups:
+        return "depthwise"
+    return "grouped"
+
 
 #: Name of a convolution that is the model itself (``fs.analyze(nn.Conv2d(...))``, or a
 #: state dict whose weight key is plain ``"weight"``): its module path is empty.

@@ -8,7 +8,8 @@ HTML report. Adding a metric means: its maths in ``kernels``, its computation in
 
 Expected directions are those Gavrikov & Keuper (CVPR-W 2022) report for
 adversarially trained models against normally trained twins: more diverse, less
-sparse, more orthogonal filters.
+sparse, more orthogonal filters; for the frequency profile, that of Lukasik et al.
+(TMLR 2023): adversarial training moves kernel energy away from high frequencies.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Metric:
         paper_nan_weight: The paper's code counted a layer with a NaN value in the
             pooled mean's denominator (its bug 4; ``nan_in_denominator=True``
             reproduces it for these metrics).
-        direction: Expected sign of robust minus normal in the paper: ``+1``
+        direction: Expected sign of robust minus normal in the literature: ``+1``
             higher, ``-1`` lower, ``0`` none stated.
         default: Shown in printed tables and compared by default.
         digits: Decimals in printed tables.
@@ -118,6 +119,46 @@ METRICS: tuple[Metric, ...] = (
         weight="out_channels",
         direction=+1,
         default=True,
+    ),
+    Metric(
+        "group_orthogonality",
+        "orthogonality within groups",
+        "Orthogonality among the output filters that share inputs (one group of a grouped "
+        "or depthwise convolution), pooled over groups; equal to orthogonality for dense "
+        "layers.",
+        low=0.0,
+        high=1.0,
+        weight="out_channels",
+        direction=+1,
+    ),
+    Metric(
+        "freq_dc",
+        "DC energy share",
+        "Share of the kernels' energy in the DC term of their 2-D DCT-II.",
+        low=0.0,
+        high=1.0,
+        weight="n_nonsparse",
+        weight_if_sparse_kept="n_filters",
+    ),
+    Metric(
+        "freq_low",
+        "low-frequency energy share",
+        "Share of the kernels' energy at DCT-II frequencies below half Nyquist on every "
+        "axis, DC excluded ((0,1), (1,0), (1,1) for 3x3).",
+        low=0.0,
+        high=1.0,
+        weight="n_nonsparse",
+        weight_if_sparse_kept="n_filters",
+    ),
+    Metric(
+        "freq_high",
+        "high-frequency energy share",
+        "Share of the kernels' energy at the other DCT-II frequencies.",
+        low=0.0,
+        high=1.0,
+        weight="n_nonsparse",
+        weight_if_sparse_kept="n_filters",
+        direction=-1,
     ),
 )
 

@@ -33,6 +33,7 @@ __all__ = [
     "DiversitySettings",
     "LayerMetrics",
     "diversity",
+    "frequency_profile",
     "measure",
     "orthogonality",
     "sparsity",
@@ -116,9 +117,16 @@ class LayerMetrics(MetricAttributes):
             ``diversity`` for the paper definition), ``entropy_raw`` (raw kernels, all
             kept, not normalised: CNN Filter DB's variant), ``orthogonality`` (1 minus
             the mean |cosine| between distinct output filters).
+            ``group_orthogonality`` (the same within each group of filters that
+            share inputs), ``freq_dc`` / ``freq_low`` / ``freq_high`` (shares of the
+            kernels' energy in the DCT-II bands of
+            [`frequency_bands`][filterstats.kernels.frequency_bands]).
         eps: Sparsity threshold used.
         settings: Diversity settings used.
         definition: Name of the definition preset.
+        frequency_energy: Per layer, the summed energy at each DCT-II frequency,
+            shape ``kernel_size`` float64 (index ``(0, 0)``: DC); empty when the
+            frequency profile was not computed.
     """
 
     names: tuple[str, ...]
@@ -129,6 +137,7 @@ class LayerMetrics(MetricAttributes):
     eps: float
     settings: DiversitySettings
     definition: str
+    frequency_energy: tuple[Tensor, ...] = ()
     _missing_metric = None  # a metric not computed is an AttributeError, not NaN
 
     def __len__(self) -> int:
@@ -144,31 +153,47 @@ def _as_layers(x: object, argument: str = "filters") -> tuple[list[Tensor], list
     A model (module, state dict, path or spec string) goes through the one resolver,
     ``extract_filters`` (its 3x3 layers, as ``analyze`` would measure them).
     """
+    weights, names, single, _ = _as_grouped_layers(x, argument)
+    return weights, names, single
+
+
+def _as_grouped_layers(
+    x: object, argument: str = "filters"
+) -> tuple[list[Tensor], list[str], bool, list[int | None]]:
+    """[`_as_layers`][], and each layer's convolution groups (``None``: unknown).
+
+    A bare weight tensor is one dense layer (groups 1); a
+    [`ConvLayer`][filterstats.ConvLayer] carries its own groups.
+    """
     if isinstance(x, (nn.Module, Mapping, str, os.PathLike)):
         from filterstats.resolve import extract_filters
 
         x = extract_filters(x, argument=argument)
     if isinstance(x, Tensor):
-        return [_check_weight(x, argument)], ["layer0"], True
+        return [_check_weight(x, argument)], ["layer0"], True, [1]
     if isinstance(x, ConvLayer):
-        return [_check_weight(x.weight, argument)], [x.name], True
+        return [_check_weight(x.weight, argument)], [x.name], True, [x.groups]
     if isinstance(x, FilterSet):
-        return [_check_weight(layer.weight, argument) for layer in x], list(x.names), False
+        weights = [_check_weight(layer.weight, argument) for layer in x]
+        return weights, list(x.names), False, [layer.groups for layer in x]
     if isinstance(x, Sequence) and not isinstance(x, (str, bytes)):
         weights, names = [], []
+        groups: list[int | None] = []
         for i, item in enumerate(x):
             if isinstance(item, ConvLayer):
                 weights.append(_check_weight(item.weight, f"{argument}[{i}]"))
                 names.append(item.name)
+                groups.append(item.groups)
             elif isinstance(item, Tensor):
                 weights.append(_check_weight(item, f"{argument}[{i}]"))
                 names.append(f"layer{i}")
+                groups.append(1)
             else:
                 raise TypeError(
                     f"`{argument}[{i}]` must be a weight tensor or ConvLayer, "
                     f"got {type(item).__name__}."
                 )
-        return weights, names, False
+        return weights, names, False, groups
     raise TypeError(
         f"`{argument}` must be a weight tensor (C_out, C_in, kH, kW), a FilterSet, a list "
         f"of weights, or a model (anything `filterstats.extract_filters` takes), got "
@@ -370,10 +395,18 @@ def _normalized(values: Tensor, moments: list[kernels.Moments], device: torch.de
 _BATCH_MAX_OUT = 128
 
 
-def _orthogonality_values(
+@dataclass(frozen=True)
+class _GramInputs:
+    """Output filters ready for Gram products: scaled weights, counts and row masks."""
+
+    weights: list[Tensor]  # brought to unit scale where float32 products would not stay finite
+    counts: list[float | Tensor]  # filters per layer: on the host where known
+    masks: list[Tensor | None]  # (C_out,) finite rows, where NaN/inf rows are left out
+
+
+def _gram_inputs(
     weights: list[Tensor], first: _LayerPass, nan_policy: NanPolicy, chunk_bytes: int
-) -> Tensor:
-    device = first.layer_max.device
+) -> _GramInputs:
     # float32 Gram products overflow above ~1e19 and underflow below ~1e-19: bring such
     # (rare) layers to unit scale first; orthogonality does not depend on the scale.
     # One host transfer for the whole set: the layer maxima, and which layers hold
@@ -387,12 +420,10 @@ def _orthogonality_values(
         else weight
         for weight, top in zip(weights, tops)
     ]  # fmt: skip
-    offdiag: list[Tensor | None] = [None] * len(weights)
     # Filters per layer: a number where known on the host (no per-layer transfer), a
     # device tensor where NaN/inf rows are left out.
     counts: list[float | Tensor] = []
     masks: list[Tensor | None] = []
-    groups: dict[tuple[object, ...], list[int]] = {}
     finite = [bool(flag) or nan_policy != "omit" for flag in finite_flags]
     for i, weight in enumerate(weights):
         n_out = weight.shape[0]
@@ -403,6 +434,24 @@ def _orthogonality_values(
             n = row_mask.sum().to(torch.float64)
         counts.append(n)
         masks.append(row_mask)
+    return _GramInputs(weights, counts, masks)
+
+
+def _orthogonality_values(
+    weights: list[Tensor],
+    first: _LayerPass,
+    nan_policy: NanPolicy,
+    chunk_bytes: int,
+    prepared: _GramInputs | None = None,
+) -> Tensor:
+    device = first.layer_max.device
+    prepared = prepared or _gram_inputs(weights, first, nan_policy, chunk_bytes)
+    weights, counts, masks = prepared.weights, prepared.counts, prepared.masks
+    offdiag: list[Tensor | None] = [None] * len(weights)
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, weight in enumerate(weights):
+        n_out = weight.shape[0]
+        row_mask = masks[i]
         layer_bytes = weight.numel() * weight.element_size()
         if n_out <= _BATCH_MAX_OUT and 2 * layer_bytes <= chunk_bytes:
             key = (tuple(weight.shape), weight.dtype, weight.device)
@@ -444,6 +493,112 @@ def _orthogonality_values(
         value = 1.0 - total / torch.where(pairs > 0, pairs, 1.0)
         values.append(torch.where(pairs > 0, value, torch.nan))
     return _stack(values, device, torch.float64)
+
+
+def _group_orthogonality_values(
+    prepared: _GramInputs,
+    groups: Sequence[int | None],
+    reference: Tensor,
+    chunk_bytes: int,
+) -> Tensor:
+    r"""Orthogonality within each group of filters that share their inputs, pooled.
+
+    Group :math:`g` of a layer with ``groups`` :math:`G` holds output filters
+    :math:`g\,n/G, \dots, (g+1)\,n/G - 1`; only they see the same input channels.
+    The value is :math:`1 - \sum_g S_g / \sum_g n_g (n_g - 1)` with :math:`S_g` the
+    summed off-diagonal :math:`|\cos|` within group :math:`g`: the mean over groups
+    weighted by their pairs (all groups have the same size unless filters holding
+    NaN/inf were left out). Dense layers (``groups == 1``) give ``reference``, their
+    orthogonality; unknown groups and groups of one filter (depthwise layers with
+    one filter per input channel) give NaN. One batched Gram product per chunk of
+    groups of a layer.
+    """
+    device = reference.device
+    values: list[Tensor] = []
+    nan = torch.full((), torch.nan, dtype=torch.float64, device=device)
+    for i, (weight, group) in enumerate(zip(prepared.weights, groups)):
+        n_out = weight.shape[0]
+        if group is None or group < 1 or n_out % group or n_out // group < 2:
+            values.append(nan)
+            continue
+        if group == 1:
+            values.append(reference[i])
+            continue
+        per_group = n_out // group
+        rows = weight.reshape(group, per_group, -1)
+        mask = prepared.masks[i]
+        row_mask = None if mask is None else mask.reshape(group, per_group)
+        item = max(weight.element_size(), 4)  # half/bfloat16 are computed in float32
+        group_bytes = per_group * rows.shape[2] * item + per_group * per_group * 8
+        per_batch = max(1, chunk_bytes // max(group_bytes, 1))
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, group, per_batch):
+            stop = min(start + per_batch, group)
+            total = (
+                total
+                + kernels.offdiag_abs_gram_sum_batched(
+                    rows[start:stop], row_mask=None if row_mask is None else row_mask[start:stop]
+                ).sum()
+            )
+        if row_mask is None:  # known on the host: no transfer
+            values.append(1.0 - total / (group * per_group * (per_group - 1.0)))
+            continue
+        pairs = kernels.pair_count(row_mask.sum(dim=1)).sum()
+        value = 1.0 - total / torch.where(pairs > 0, pairs, 1.0)
+        values.append(torch.where(pairs > 0, value, torch.nan))
+    return _stack(values, device, torch.float64)
+
+
+def _frequency_values(
+    moments: list[kernels.Moments], weights: list[Tensor], device: torch.device
+) -> tuple[list[Tensor], Tensor]:
+    """Per-frequency energies of each layer and its (DC, low, high) shares.
+
+    One batched product per kernel shape (see
+    [`frequency_energy`][filterstats.kernels.frequency_energy]), from moments the
+    kernel pass already summed.
+
+    Returns:
+        ``(energies, shares)``: one float64 tensor of shape ``kernel_size`` per layer
+        (energy at each DCT-II frequency), and ``(3, L)`` float64 band shares, NaN
+        where no energy was counted.
+    """
+    n_layers = len(weights)
+    energies: list[Tensor] = [torch.zeros(0, dtype=torch.float64, device=device)] * n_layers
+    parts: list[Tensor] = []
+    order: list[int] = []
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for i, weight in enumerate(weights):
+        shapes.setdefault(tuple(weight.shape[2:]), []).append(i)
+    for shape, index in shapes.items():
+        picked = [moments[i] for i in index]
+        energy = kernels.frequency_energy(
+            _stack([m.count for m in picked], device, torch.float64),
+            _stack([m.total for m in picked], device, torch.float64),
+            _stack([m.outer for m in picked], device, torch.float64),
+            None
+            if any(m.shift is None for m in picked)
+            else _stack([m.shift for m in picked if m.shift is not None], device, torch.float64),
+            kernels.dct_basis(shape),
+        )
+        bands = kernels.frequency_bands(shape).to(device)
+        one_hot = torch.nn.functional.one_hot(bands, 3).to(torch.float64)
+        total = energy.sum(dim=1)
+        per_band = (energy @ one_hot) / torch.where(total > 0, total, 1.0)[:, None]
+        per_band = torch.where((total > 0)[:, None], per_band, torch.nan)
+        parts.append(per_band.T)
+        order.extend(index)
+        for j, i in enumerate(index):
+            energies[i] = energy[j].reshape(shape)
+    if not parts:
+        return energies, torch.zeros(3, 0, dtype=torch.float64, device=device)
+    shares = torch.cat(parts, dim=1)
+    if order != list(range(n_layers)):  # several kernel shapes: back to layer order
+        position = [0] * n_layers
+        for slot, layer in enumerate(order):
+            position[layer] = slot
+        shares = shares[:, torch.tensor(position, device=device)]
+    return energies, shares
 
 
 def _finalize(
@@ -506,6 +661,45 @@ def _warn_degenerate(
                 FilterStatsWarning,
                 stacklevel=3,
             )
+
+
+def _warn_normalized_above_one(
+    names: list[str], weights: list[Tensor], groups: Sequence[int | None], values: Tensor
+) -> None:
+    """One warning naming the layers whose normalised entropy exceeds 1, and why."""
+    if not names:
+        return
+    above = [(name, weight, group, value)
+             for name, weight, group, value in zip(names, weights, groups, values.tolist())
+             if value > 1.0]  # fmt: skip
+    if not above:
+        return
+    grouped, dense = [], []
+    for name, weight, group, value in above:
+        kernel_count = weight.shape[0] * weight.shape[1]
+        if group and group > 1:
+            grouped.append(f"{name!r} ({value:.4f}, groups={group}, {kernel_count} kernels)")
+        else:
+            dense.append(f"{name!r} ({value:.4f}, {kernel_count} kernels)")
+    reasons = []
+    if grouped:
+        reasons.append(
+            f"grouped/depthwise layer(s) {', '.join(grouped)}: with groups each output "
+            "filter has only C_in / groups kernels, so the layer holds far fewer kernels "
+            "than a dense layer of its width, and torchconvquality's normaliser, fitted "
+            "to random dense layers, is below the entropy such few kernels reach"
+        )
+    if dense:
+        reasons.append(
+            f"layer(s) {', '.join(dense)}: the normaliser is a fit to random kernels, "
+            "below the entropy of these kernels"
+        )
+    warnings.warn(
+        "normalised diversity exceeds 1 in " + "; ".join(reasons) + ". Compare such layers "
+        "by their raw entropy (normalize=False) or among layers of the same kind.",
+        FilterStatsWarning,
+        stacklevel=3,
+    )
 
 
 def _single(values: Tensor, is_single: bool) -> Tensor:
@@ -623,7 +817,7 @@ def diversity(
         normalize=normalize,
         strict=strict,
     )
-    weights, names, single = _as_layers(filters)
+    weights, names, single, groups = _as_grouped_layers(filters)
     variant = (settings.scale_filters, settings.drop_sparse)
     first = _layer_pass(weights, eps, settings.strict, nan_policy, [variant], chunk_bytes)
     _check_nan_policy(names, first, nan_policy)
@@ -633,6 +827,8 @@ def diversity(
         values = _normalized(values, first.moments[0], device)
     values = _finalize(values, first, nan_policy, dead_is_nan=True)
     _warn_degenerate(names, weights, first, "diversity", nan_policy)
+    if settings.normalize:
+        _warn_normalized_above_one(names, weights, groups, values)
     return _single(values, single)
 
 
@@ -681,6 +877,70 @@ def orthogonality(
     return _single(values, single)
 
 
+def frequency_profile(
+    filters: FilterInput,
+    *,
+    eps: float = 0.01,
+    definition: Definition = "paper",
+    drop_sparse: bool | None = None,
+    strict: bool | None = None,
+    nan_policy: NanPolicy = "propagate",
+    chunk_bytes: int = kernels.DEFAULT_CHUNK_BYTES,
+) -> Tensor | tuple[Tensor, ...]:
+    r"""The kernels' summed energy at each 2-D (n-D) DCT-II frequency, per layer.
+
+    Each kernel :math:`X` (one ``kH x kW`` slice of the weight, raw, not scaled) is
+    written in the orthonormal DCT-II basis, :math:`\hat X = C_h X C_w^\top`
+    (``scipy.fft.dctn(X, norm="ortho")``), and the layer's energy at frequency
+    :math:`(u, v)` is :math:`E_{uv} = \sum_\text{kernels} \hat X_{uv}^2`. The basis
+    is orthonormal, so :math:`\sum_{uv} E_{uv} = \sum \lVert X \rVert^2` (Parseval).
+    ``E / E.sum()`` are the shares whose band sums are the ``freq_dc``, ``freq_low``
+    and ``freq_high`` columns of [`measure`][filterstats.measure] (bands:
+    [`frequency_bands`][filterstats.kernels.frequency_bands]).
+
+    Sparse kernels are left out as ``diversity`` leaves them out: under
+    ``definition="paper"`` (``drop_sparse``), not under ``"torchconvquality"``. An
+    all-zero layer gives NaN with a [`FilterStatsWarning`][filterstats.FilterStatsWarning].
+
+    Args:
+        filters: One weight ``(C_out, C_in / groups, *kernel)``, a
+            [`FilterSet`][filterstats.FilterSet], a sequence of weights, or a model
+            (resolved by [`extract_filters`][filterstats.extract_filters]: its 3x3
+            layers).
+        eps: Sparsity threshold, fraction of the layer's largest |weight|.
+        definition: ``"paper"`` or ``"torchconvquality"``; sets ``drop_sparse`` and
+            ``strict``.
+        drop_sparse: Override: leave out the sparse kernels.
+        strict: Override: sparse is ``<`` instead of ``<=``.
+        nan_policy: ``"propagate"``, ``"raise"`` or ``"omit"``; see
+            [`sparsity`][filterstats.sparsity].
+        chunk_bytes: Working memory per chunk.
+
+    Returns:
+        float64 energies of shape ``kernel_size`` (index ``(0, 0)``: DC): one tensor
+        for one weight, a tuple of them (one per layer) otherwise.
+
+    Examples:
+        >>> import torch, filterstats as fs
+        >>> energy = fs.frequency_profile(torch.ones(4, 2, 3, 3))  # constant kernels
+        >>> float(energy[0, 0] / energy.sum())
+        1.0
+    """
+    eps = check_eps(eps)
+    check_choice("nan_policy", nan_policy, _NAN_POLICIES)
+    settings = DiversitySettings.preset(definition, drop_sparse=drop_sparse, strict=strict)
+    weights, names, single = _as_layers(filters)
+    variant = (False, settings.drop_sparse)
+    first = _layer_pass(weights, eps, settings.strict, nan_policy, [variant], chunk_bytes)
+    _check_nan_policy(names, first, nan_policy)
+    device = first.layer_max.device
+    energies, _ = _frequency_values(first.moments[0], weights, device)
+    ok = _finalize(torch.ones_like(first.layer_max), first, nan_policy, dead_is_nan=True) == 1.0
+    result = tuple(torch.where(ok[i], e, torch.nan) for i, e in enumerate(energies))
+    _warn_degenerate(names, weights, first, "the frequency profile", nan_policy)
+    return result[0] if single else result
+
+
 def measure(
     filters: FilterInput,
     *,
@@ -691,12 +951,20 @@ def measure(
     strict: bool | None = None,
     nan_policy: NanPolicy = "propagate",
     chunk_bytes: int = kernels.DEFAULT_CHUNK_BYTES,
+    frequency: bool = True,
 ) -> LayerMetrics:
     """Every per-layer metric in one batched pass over the weights.
 
     Shares the kernel maxima between sparsity and diversity, runs one batched
     eigen-solve per kernel size, and synchronises with the host once at the end
     (for warnings). This is what [`analyze`][filterstats.analyze] uses.
+
+    The frequency profile (``freq_dc``, ``freq_low``, ``freq_high`` and the full
+    per-frequency energies in ``frequency_energy``) comes from the same pass: one
+    more moment set of the kernels (raw, sparse ones left out as ``diversity``
+    leaves them out) and one batched product per kernel shape. Group-aware
+    orthogonality (``group_orthogonality``) uses each layer's ``groups`` (a bare
+    weight tensor is a dense layer).
 
     Args:
         filters: A [`FilterSet`][filterstats.FilterSet], a weight, a sequence of
@@ -709,6 +977,7 @@ def measure(
         strict: Override: sparse is ``<`` instead of ``<=``.
         nan_policy: ``"propagate"``, ``"raise"`` or ``"omit"``.
         chunk_bytes: Working memory per chunk.
+        frequency: Compute the frequency profile (``False``: the pass without it).
 
     Returns:
         A [`LayerMetrics`][filterstats.metrics.LayerMetrics] with ``(L,)`` tensors.
@@ -718,13 +987,17 @@ def measure(
     settings = DiversitySettings.preset(
         definition, scale_filters=scale_filters, normalize=normalize, strict=strict
     )
-    weights, names, _ = _as_layers(filters)
+    weights, names, _, groups = _as_grouped_layers(filters)
     # Sparsity and every entropy variant from one read of the kernels (paper:
-    # scaled/clean and raw; torchconvquality: clean and raw, also its main value).
+    # scaled/clean and raw; torchconvquality: clean and raw, also its main value),
+    # and the raw kernels of the definition for the frequency profile.
     wanted: list[_Variant] = [(settings.scale_filters, True)]
     if not settings.drop_sparse:
         wanted.append((settings.scale_filters, False))
     wanted.append((False, False))
+    spectral: _Variant = (False, settings.drop_sparse)
+    if frequency:
+        wanted.append(spectral)
     variants = list(dict.fromkeys(wanted))
     first = _layer_pass(weights, eps, settings.strict, nan_policy, variants, chunk_bytes)
     _check_nan_policy(names, first, nan_policy)
@@ -745,15 +1018,32 @@ def measure(
         else entropy((settings.scale_filters, False), settings.normalize)
     )
     raw = entropy((False, False), False)
-    ortho = _finalize(
-        _orthogonality_values(weights, first, nan_policy, chunk_bytes),
+    prepared = _gram_inputs(weights, first, nan_policy, chunk_bytes)
+    ortho_values = _orthogonality_values(weights, first, nan_policy, chunk_bytes, prepared)
+    ortho = _finalize(ortho_values, first, nan_policy, dead_is_nan=True)
+    group_ortho = _finalize(
+        _group_orthogonality_values(prepared, groups, ortho_values, chunk_bytes),
         first,
         nan_policy,
         dead_is_nan=True,
     )
+    extra: dict[str, Tensor] = {}
+    energies: tuple[Tensor, ...] = ()
+    if frequency:
+        per_frequency, shares = _frequency_values(
+            first.moments[variants.index(spectral)], weights, device
+        )
+        shares = _finalize(shares, first, nan_policy, dead_is_nan=True)
+        extra = {"freq_dc": shares[0], "freq_low": shares[1], "freq_high": shares[2]}
+        # NaN where the shares are (all-zero layers; NaN/inf weights under "propagate").
+        ok = _finalize(torch.ones_like(first.layer_max), first, nan_policy, dead_is_nan=True)
+        ok = ok == 1.0
+        energies = tuple(torch.where(ok[i], e, torch.nan) for i, e in enumerate(per_frequency))
     n_filters = first.n_kernels
     n_sparse = first.n_sparse
     _warn_degenerate(names, weights, first, "diversity and orthogonality", nan_policy)
+    if settings.normalize:
+        _warn_normalized_above_one(names, weights, groups, main)
     return LayerMetrics(
         names=tuple(names),
         n_filters=n_filters,
@@ -767,8 +1057,11 @@ def measure(
             "diversity_clean": clean,
             "entropy_raw": raw,
             "orthogonality": ortho,
+            "group_orthogonality": group_ortho,
+            **extra,
         },
         eps=eps,
         settings=settings,
         definition=definition,
+        frequency_energy=energies,
     )

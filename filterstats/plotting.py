@@ -194,8 +194,13 @@ def plot_metric_vs_depth(
     *,
     labels: Sequence[str] | None = None,
     ax: Any = None,
+    colors: Sequence[str] | None = None,
 ) -> Any:
     """A metric against normalised depth, one line per model (e.g. one pair).
+
+    Grouped and depthwise layers (the report's ``kind``) are drawn as open markers,
+    with one legend entry: their filters see only part of the inputs, so their
+    values are not those of a dense layer at that depth.
 
     Args:
         reports: One or more [`FilterReport`][filterstats.FilterReport]s; each model in
@@ -203,6 +208,7 @@ def plot_metric_vs_depth(
         metric: Column to draw.
         labels: Line labels (default: model labels).
         ax: Axes to draw on.
+        colors: Line colours, one per model (default: matplotlib's cycle).
 
     Returns:
         The Axes.
@@ -212,6 +218,7 @@ def plot_metric_vs_depth(
     items = [reports] if isinstance(reports, FilterReport) else list(reports)
     ax = _new_axes(ax, (6, 3.5))
     k = 0
+    marked = False
     for report in items:
         for model in report.models:
             rows = [r for r in report.measured if r.model == model]
@@ -219,7 +226,14 @@ def plot_metric_vs_depth(
             y = np.array([getattr(r, metric) for r in rows], dtype=float)
             order = np.argsort(x, kind="stable")
             label = labels[k] if labels and k < len(labels) else model
-            ax.plot(x[order], y[order], marker="o", markersize=3, label=label, color=f"C{k % 10}")
+            color = colors[k] if colors and k < len(colors) else f"C{k % 10}"
+            ax.plot(x[order], y[order], marker="o", markersize=3, label=label, color=color)
+            grouped = np.array([r.kind in ("grouped", "depthwise") for r in rows], dtype=bool)
+            if grouped.any():
+                ax.plot(x[grouped], y[grouped], linestyle="none", marker="o", markersize=6,
+                        markerfacecolor="white", color=color,
+                        label=None if marked else "grouped / depthwise")  # fmt: skip
+                marked = True
             k += 1
     ax.set_xlabel("normalised conv depth")
     ax.set_ylabel(_title(metric))
@@ -251,10 +265,8 @@ def plot_comparison(
     for ax, metric in zip(axes, metrics):
         if len(comparison.pairs) == 1:
             i, j = comparison.pairs[0]
-            plot_metric_vs_depth([comparison.reports_b[j], comparison.reports_a[i]], metric, ax=ax)
-            for line, color in zip(ax.get_lines(), (_B_COLOR, _A_COLOR)):
-                line.set_color(color)
-            ax.legend(fontsize="small")
+            plot_metric_vs_depth([comparison.reports_b[j], comparison.reports_a[i]], metric,
+                                 ax=ax, colors=(_B_COLOR, _A_COLOR))  # fmt: skip
         else:
             plot_depth_boxes(comparison, metric, ax=ax)
         ax.set_title(_title(metric))

@@ -29,6 +29,7 @@ from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 from filterstats._tables import MetricAttributes, csv_value, html_table, json_value
 from filterstats._text import render_table
+from filterstats.layers import layer_kind
 
 if TYPE_CHECKING:
     from filterstats.baseline import InitBaseline
@@ -45,7 +46,10 @@ __all__ = [
 #: Version of the exported table layout; bumped on any change of columns or meaning.
 #: 2: unknown integers are empty (null) instead of -1/0; skipped rows keep what is
 #: known of the layer; metric columns follow the metric table.
-SCHEMA_VERSION = 2
+#: 3: a ``kind`` column (dense / grouped / depthwise); ``group_orthogonality`` and
+#: the frequency profile (``freq_dc``, ``freq_low``, ``freq_high``). Version-2 files
+#: read back with ``kind`` derived from ``groups`` and ``in_channels``.
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class LayerRow(MetricAttributes):
         in_channels: Input channels; ``None`` when unknown.
         out_channels: Output channels (filters); ``None`` when unknown.
         groups: Convolution groups; ``None`` when unknown (state dicts).
+        kind: ``"dense"``, ``"grouped"`` or ``"depthwise"``
+            ([`layer_kind`][filterstats.layers.layer_kind]); empty when the groups
+            are unknown.
         kernel_size: Kernel size as text, e.g. ``"3x3"``; empty when unknown.
         n_filters: Kernels (``C_out * C_in / groups``); ``None`` for skipped layers.
         n_nonsparse: Non-sparse kernels; ``None`` for skipped layers.
@@ -86,6 +93,7 @@ class LayerRow(MetricAttributes):
     in_channels: int | None = None
     out_channels: int | None = None
     groups: int | None = None
+    kind: str = ""
     kernel_size: str = ""
     n_filters: int | None = None
     n_nonsparse: int | None = None
@@ -474,6 +482,10 @@ def _params_from(payload: dict[str, Any]) -> AnalysisParams:
     return AnalysisParams(**{k: v for k, v in payload.items() if k in known})
 
 
+#: Metadata columns added after version 2, derived when an older table lacks them.
+_ADDED = {"kind"}
+
+
 def _report_from(records: list[dict[str, Any]], payload: dict[str, Any]) -> FilterReport:
     """A report from flat records and its stored parameters (and baseline, if any)."""
     params = _params_from(payload)
@@ -493,12 +505,15 @@ def _report_from(records: list[dict[str, Any]], payload: dict[str, Any]) -> Filt
 
 def _rows_from(records: list[dict[str, Any]]) -> tuple[LayerRow, ...]:
     """Rows from flat records: the metadata columns, and every other column a metric."""
-    missing = {*_BEFORE, *_AFTER} - set(records[0]) if records else set()
+    missing = {*_BEFORE, *_AFTER} - set(records[0]) - _ADDED if records else set()
     if missing:
         raise ValueError(f"not a filterstats table: columns {sorted(missing)} are missing")
     rows = []
     for record in records:
-        meta = {name: _convert(name, record[name]) for name in (*_BEFORE, *_AFTER)}
+        meta = {name: _convert(name, record[name]) for name in (*_BEFORE, *_AFTER)
+                if name in record}  # fmt: skip
+        if "kind" not in record:  # a version-2 table: derived as analyze derives it
+            meta["kind"] = layer_kind(meta["groups"], meta["in_channels"])
         values = {k: _convert(k, v) for k, v in record.items() if k not in _TYPES}
         if meta["status"] != "ok":
             values = {k: v for k, v in values.items() if not math.isnan(v)}

@@ -202,6 +202,7 @@ class HistoryRow(MetricAttributes):
         in_channels: Input channels.
         out_channels: Output channels (filters).
         groups: Convolution groups; ``None`` when unknown.
+        kind: ``"dense"``, ``"grouped"`` or ``"depthwise"`` (empty when unknown).
         kernel_size: Kernel size as text (``"3x3"``).
         n_filters: Kernels (``C_out * C_in / groups``).
         n_nonsparse: Non-sparse kernels at this snapshot.
@@ -219,6 +220,7 @@ class HistoryRow(MetricAttributes):
     in_channels: int | None = None
     out_channels: int | None = None
     groups: int | None = None
+    kind: str = ""
     kernel_size: str = ""
     n_filters: int | None = None
     n_nonsparse: int | None = None
@@ -575,7 +577,8 @@ def _history_from(
     )  # fmt: skip
     rows = []
     for record in records:
-        meta = {name: _convert(name, record[name]) for name in _META}
+        # a column a history written by an older version lacks gets its default
+        meta = {name: _convert(name, record[name]) for name in _META if name in record}
         values = {k: _convert(k, v) for k, v in record.items() if k not in meta}
         rows.append(HistoryRow(**meta, metrics=values))
     return FilterHistory(tuple(rows), params, skipped)

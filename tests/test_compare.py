@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -49,7 +50,10 @@ def test_sparser_model_is_significantly_sparser_most_in_the_last_bins():
     assert cmp.match == "name"
     row = cmp.summary()["sparsity"]
     assert row.mean_diff > 0.2 and row.median_diff > 0
-    assert row.ci_low > 0
+    # One pair: no interval or test across models; the layer-level ones are descriptive.
+    assert math.isnan(row.ci_low) and math.isnan(row.p_value)
+    assert row.signs == "robust > normal in 1 of 1 pair"
+    assert row.unit_ci_low > 0
     assert row.wilcoxon_p < 0.01 and row.rank_biserial == 1.0
     # Independent check of the paired test on the per-layer columns.
     a = np.array(fs.analyze(sparser(base, 1)).column("sparsity"))
@@ -57,8 +61,13 @@ def test_sparser_model_is_significantly_sparser_most_in_the_last_bins():
     d = a - b
     method = "exact" if np.unique(np.abs(d)).size == d.size else "asymptotic"
     assert row.wilcoxon_p == pytest.approx(stats.wilcoxon(d, method=method).pvalue)
-    assert set(cmp.by_depth().most_different("sparsity", k=2)) == LAST_BINS
-    assert set(cmp.most_different("sparsity", k=2)) == LAST_BINS
+    # One pair: nothing is ranked, and the ranking says why.
+    with pytest.warns(fs.FilterStatsWarning, match="interval across models"):
+        ranking = cmp.most_different("sparsity", k=2)
+    assert ranking == () and "one pair" in ranking.reason
+    text = repr(cmp.summary())
+    assert "no inference across models is possible" in text
+    assert "robust > normal" in text  # per-layer signs
 
 
 def test_orthogonal_model_is_more_orthogonal():
@@ -66,7 +75,7 @@ def test_orthogonal_model_is_more_orthogonal():
     cmp = fs.compare(orthogonal(base), base, n_boot=500)
     row = cmp.summary()["orthogonality"]
     assert row.mean_a == pytest.approx(1.0, abs=1e-6)
-    assert row.mean_diff > 0.05 and row.ci_low > 0
+    assert row.mean_diff > 0.05 and row.unit_ci_low > 0
     assert row.wilcoxon_p < 0.01
 
 
@@ -75,7 +84,7 @@ def test_identical_models_give_zero_differences_and_no_significance():
     cmp = fs.compare(base, copy.deepcopy(base), n_boot=200)
     for row in cmp.summary():
         assert row.mean_diff == 0 and row.median_diff == 0
-        assert row.ci_low == 0 and row.ci_high == 0
+        assert row.unit_ci_low == 0 and row.unit_ci_high == 0
         assert row.wilcoxon_p == 1.0 and row.mannwhitney_p == 1.0
     for row in cmp.by_depth():
         assert row.mean_diff == 0 and not row.wilcoxon_p < 0.05
@@ -94,6 +103,9 @@ def test_groups_of_pairs_per_bin_and_group_tests():
     for row in depth.metric("sparsity"):
         assert row.n == 6 and row.mean_diff > 0 and row.wilcoxon_p < 0.05
     assert set(depth.most_different("sparsity", k=2)) == LAST_BINS
+    assert set(cmp.most_different("sparsity", k=2)) == LAST_BINS
+    assert summary.signs == "robust > normal in 6 of 6 pairs"
+    assert summary.p_value == summary.pair_wilcoxon_p and summary.ci_low > 0
 
 
 def test_shared_twin_counted_per_pair_or_once():
@@ -101,6 +113,11 @@ def test_shared_twin_counted_per_pair_or_once():
     robust = [sparser(twin, 1), sparser(twin, 2), sparser(other, 3)]
     cmp = fs.compare(robust, [twin, twin, other], n_boot=100)
     assert cmp.reports_b[0] is cmp.reports_b[1]  # analysed once
+    # A shared twin: the unit of inference is the model, each counted once.
+    assert cmp.design == "unpaired" and cmp.summary().provenance["design"] == "unpaired"
+    row = cmp.summary()["sparsity"]
+    assert row.n_compared == 3 * 2 and row.signs.endswith("of 6 model pairings")
+    assert row.p_value == row.mannwhitney_p
     assert len(cmp.group(1)) == 3
     assert len(cmp.group(1, twins="unique")) == 2
     unique = fs.compare(robust, [twin, twin, other], twins="unique", n_boot=100)
@@ -163,12 +180,13 @@ def test_tables_export_csv_and_json_without_pandas_matching_pandas(tmp_path, tab
     text = rows.to_csv(tmp_path / "table.csv")
     assert (tmp_path / "table.csv").read_text() == text
     assert [name for name in tmp_path.iterdir()] == [tmp_path / "table.csv"]  # no temp left
-    read = pd.read_csv(io.StringIO(text))
+    assert text.startswith("# filterstats {")
+    read = pd.read_csv(io.StringIO(text), skiprows=1)
     expected = rows.to_pandas()
     assert list(read.columns) == list(expected.columns)
     pd.testing.assert_frame_equal(read, expected, check_dtype=False, rtol=0, atol=0)
-    # JSON: a list of records, NaN as null
-    loaded = json.loads(rows.to_json())
+    # JSON: how it was made and a list of records, NaN as null
+    loaded = json.loads(rows.to_json())["rows"]
     assert len(loaded) == len(records)
     for got, want in zip(loaded, records):
         assert list(got) == list(want)
@@ -177,3 +195,114 @@ def test_tables_export_csv_and_json_without_pandas_matching_pandas(tmp_path, tab
                 assert got[key] is None
             else:
                 assert got[key] == value
+
+
+def test_printing_never_runs_a_bootstrap(monkeypatch):
+    import importlib
+
+    # `filterstats.compare` is the function; the package's modules by their full name.
+    stats_module = importlib.import_module("filterstats._stats")
+    statistics = importlib.import_module("filterstats.compare.statistics")
+
+    cmp = fs.compare([sparser(make_net(s), s) for s in (1, 2)], [make_net(s) for s in (1, 2)])
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a bootstrap ran while printing")
+
+    monkeypatch.setattr(statistics, "bootstrap_mean_ci", fail)
+    monkeypatch.setattr(stats_module, "bootstrap_mean_ci", fail)
+    text = repr(cmp) + repr(cmp.summary()) + repr(cmp.by_depth())
+    assert "sparsity" in text
+    assert cmp.summary() is cmp.default_summary and cmp.by_depth() is cmp.default_depth
+    with pytest.raises(AssertionError, match="bootstrap ran"):
+        cmp.summary(n_boot=10)  # other options compute anew
+
+
+def test_compare_package_has_no_import_circle():
+    """compare's modules import neither plotting nor html at module level, and plotting
+    imports compare only for type checking (or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(fs.__file__).parent
+
+    def top_level_imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        found = set()
+        for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks are skipped
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return found
+
+    for path in sorted((root / "compare").glob("*.py")):
+        imports = top_level_imports(path)
+        assert not imports & {"filterstats.plotting", "filterstats.html"}, path.name
+    assert not any(
+        m.startswith("filterstats.compare") for m in top_level_imports(root / "plotting.py")
+    )
+
+
+def test_most_different_ranks_only_bins_whose_interval_excludes_zero_and_flags_ties():
+    from dataclasses import replace
+
+    bases = [make_net(30 + k) for k in range(4)]
+    same = fs.compare(bases, [copy.deepcopy(b) for b in bases], n_boot=200)
+    depth = same.by_depth()
+    assert all(r.mean_diff == 0 for r in depth if r.n)
+    with pytest.warns(fs.FilterStatsWarning, match="excludes 0"):
+        ranking = depth.most_different("sparsity")
+    assert ranking == () and "interval excludes 0" in ranking.reason
+    # Two bins with exactly the same difference and intervals excluding 0: flagged.
+    rows = list(depth.rows)
+    for index in (3, 5):
+        rows[index] = replace(rows[index], mean_diff=0.1, ci_low=0.05, ci_high=0.2)
+    tied = replace(depth, rows=tuple(rows))
+    with pytest.warns(fs.FilterStatsWarning, match="tied"):
+        ranking = tied.most_different(rows[3].metric, k=1)
+    assert len(ranking) == 1 and ranking.ties == ((rows[3].bin, rows[5].bin),)
+    with pytest.raises(ValueError, match="`metric`"):
+        depth.most_different("nope")
+
+
+def test_holm_adjusted_p_values_per_bin():
+    from filterstats._stats import holm
+
+    bases = [make_net(40 + k) for k in range(6)]
+    cmp = fs.compare([sparser(b, k) for k, b in enumerate(bases)], bases, n_boot=100)
+    depth = cmp.by_depth()
+    np.testing.assert_array_equal(
+        [r.p_holm for r in depth], holm([r.p_value for r in depth]), strict=True
+    )
+    summary = cmp.summary()
+    np.testing.assert_array_equal([r.p_holm for r in summary], holm([r.p_value for r in summary]))
+    assert "p Holm" in repr(depth) and "p Holm" in repr(summary)
+
+
+def test_both_definitions_flags_the_metrics_and_bins_whose_sign_differs():
+    base = make_net(3, depth=4)
+    scaled = copy.deepcopy(base)
+    with torch.no_grad():  # half the kernels x8 (exact in floating point)
+        for conv in scaled:
+            conv.weight[: conv.weight.shape[0] // 2] *= 8.0
+    cmp = fs.compare(scaled, base, both_definitions=True, bins=2, n_boot=50)
+    check = cmp.definition_check
+    assert check is not None and cmp.summary().provenance["both_definitions"] is True
+    # The paper scales each kernel by its own max |w|: diversity unchanged, exactly;
+    # torchconvquality's does not: the scaled half changes it.
+    rows = {(r.metric, r.bin): r for r in check}
+    assert rows["diversity", "all"].diff_paper == 0.0
+    assert rows["diversity", "all"].diff_torchconvquality < 0
+    assert {r.metric for r in check.flagged} == {"diversity"}
+    assert len(check.flagged) == 4  # all depths and the three bins
+    # The values are those of the two comparisons made separately.
+    tcq = fs.compare(scaled, base, definition="torchconvquality", bins=2, n_boot=50)
+    assert cmp.summary().provenance["definition"] == "paper"
+    for r in check:
+        if r.bin == "all":
+            assert r.diff_paper == cmp.summary()[r.metric].mean_diff
+            assert r.diff_torchconvquality == tcq.summary()[r.metric].mean_diff
+    assert "DIFFERS" in repr(cmp) and "sign differs: diversity" in repr(check)
+    with pytest.raises(ValueError, match="both_definitions"):
+        fs.compare(fs.analyze(scaled), base, both_definitions=True)

@@ -167,7 +167,8 @@ def test_measure_same_with_and_without_native(monkeypatch, definition):
     native = fs.measure(weights, definition=definition)
     monkeypatch.setenv(_native.ENV_SWITCH, "0")
     reference = fs.measure(weights, definition=definition)
-    for name in ("sparsity", "diversity", "orthogonality"):
+    names = ("sparsity", "diversity", "orthogonality", "freq_dc", "freq_low", "freq_high")
+    for name in names:
         torch.testing.assert_close(
             getattr(native, name), getattr(reference, name), rtol=0, atol=1e-12
         )

@@ -19,7 +19,10 @@ from torch import nn
 import filterstats as fs
 from filterstats.cli import main as cli_main
 
-METRICS = ("sparsity", "diversity", "diversity_clean", "entropy_raw", "orthogonality")
+METRICS = (
+    "sparsity", "diversity", "diversity_clean", "entropy_raw", "orthogonality",
+    "freq_dc", "freq_low", "freq_high",
+)  # fmt: skip
 MEASURED_3X3 = ("stem", "grouped", "tied_a", "head")
 SKIPPED_3X3 = {
     ("point", "kernel size (1, 1) is not (3, 3)"),

@@ -281,7 +281,8 @@ def _quality(layers: list[ConvLayer], eps: float) -> dict[str, dict[str, Any]]:
     """Every layer's dict from one batched ``measure`` and one host transfer."""
     if not layers:
         return {}
-    metrics = measure(layers, eps=eps, definition="torchconvquality")
+    # The package has no frequency profile: the pass without it.
+    metrics = measure(layers, eps=eps, definition="torchconvquality", frequency=False)
     # The package divides each entropy by its fitted threshold of the kernel count it
     # used: all kernels for the plain value, the non-sparse ones for the clean value.
     norm = metrics.diversity / kernels.entropy_threshold(metrics.n_filters)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -37,9 +38,15 @@ import numpy as np
 import torch
 
 from filterstats._optional import require
-from filterstats.layers import ConvLayer
+from filterstats.layers import ConvLayer, FilterSet
 
-__all__ = ["RAW_DTYPES", "filter_columns", "read_filters_meta", "write_filters"]
+__all__ = [
+    "RAW_DTYPES",
+    "filter_columns",
+    "read_filters_meta",
+    "read_filterset",
+    "write_filters",
+]
 
 #: Value types a raw-filter file can hold.
 RAW_DTYPES: tuple[str, ...] = ("float16", "float32")
@@ -192,3 +199,74 @@ def read_filters_meta(schema_metadata: dict[bytes, bytes] | None) -> dict[str, A
         raise ValueError("not a filterstats raw-filter file (no filterstats_filters metadata)")
     meta: dict[str, Any] = json.loads(raw)
     return meta
+
+
+def read_filterset(path: str | os.PathLike[str]) -> FilterSet:
+    """One model's raw-filter file as a [`FilterSet`][filterstats.FilterSet].
+
+    Each layer's weight ``(C_out, C_in / groups, kH, kW)`` is rebuilt from its rows
+    (float32; float16 files are widened), with its name, ``conv_depth`` and
+    ``conv_depth_norm`` as stored; groups and stride are not stored (``None``). Every
+    function that takes a model reads these files through the resolver, so
+    ``fs.filter_divergence(store.filter_paths(...), ...)`` streams a scan store one
+    model at a time.
+
+    Args:
+        path: A ``.parquet`` file written by ``scan(..., raw_filters=True)``.
+
+    Returns:
+        The layers in file order; ``source`` is the stored model label and
+        ``depth_method`` ``"raw_filters"``.
+
+    Raises:
+        ValueError: The file is not a filterstats raw-filter file.
+    """
+    pq = require("pyarrow.parquet", extra="pandas")
+    table = pq.read_table(os.fspath(path))
+    meta = read_filters_meta(table.schema.metadata)
+    kernel_size = tuple(int(k) for k in meta["kernel_size"])
+    columns = filter_columns(kernel_size)
+    layer_column = table.column("layer").combine_chunks()
+    names = [str(n) for n in layer_column.dictionary.to_pylist()]
+    codes = layer_column.indices.to_numpy(zero_copy_only=False)
+    outs = table.column("out_index").to_numpy()
+    ins = table.column("in_index").to_numpy()
+    depths = table.column("conv_depth").to_numpy()
+    norms = table.column("conv_depth_norm").to_numpy()
+    values = np.stack(
+        [table.column(c).to_numpy().astype(np.float32, copy=False) for c in columns], axis=1
+    )
+    del table
+    layers = []
+    for code in _first_seen(codes):
+        rows = np.flatnonzero(codes == code)
+        n_out, n_in = int(outs[rows].max()) + 1, int(ins[rows].max()) + 1
+        weight = np.zeros((n_out, n_in, math.prod(kernel_size)), dtype=np.float32)
+        weight[outs[rows], ins[rows]] = values[rows]
+        depth = int(depths[rows[0]])
+        norm = float(norms[rows[0]])
+        layers.append(
+            ConvLayer(
+                names[code],
+                "raw_filters",
+                torch.from_numpy(weight.reshape(n_out, n_in, *kernel_size)),
+                in_channels=n_in,
+                out_channels=n_out,
+                groups=None,
+                kernel_size=kernel_size,
+                conv_depth=None if depth < 0 else depth,
+                conv_depth_norm=None if math.isnan(norm) else norm,
+            )
+        )
+    return FilterSet(
+        tuple(layers),
+        depth_method="raw_filters",
+        source=str(meta.get("model", "")),
+        kernel_size=kernel_size,
+    )
+
+
+def _first_seen(codes: np.ndarray) -> list[int]:
+    """Distinct values in order of first appearance."""
+    _, first = np.unique(codes, return_index=True)
+    return [int(codes[i]) for i in sorted(first)]

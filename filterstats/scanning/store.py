@@ -350,6 +350,39 @@ class Store:
             )
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
+    def filter_paths(self, models: Sequence[str] | None = None) -> list[Path]:
+        """The raw-filter file of each model, for functions that stream over models.
+
+        ``fs.filter_divergence(store.filter_paths(robust), store.filter_paths(normal))``
+        and ``fs.pca_basis(store.filter_paths())`` read one model's file at a time.
+
+        Args:
+            models: These specs, in this order (pairs stay aligned); ``None``: every
+                ``ok`` model with raw filters, in store order.
+
+        Returns:
+            One ``.parquet`` path per model.
+
+        Raises:
+            ValueError: A requested spec is not in the store, failed, or has no raw
+                filters (scan it with ``raw_filters=True``).
+        """
+        entries = {e.spec: e for e in self._ok_entries(None)}
+        if models is None:
+            chosen = [e for e in entries.values() if e.filters_file]
+        else:
+            chosen = []
+            for spec in models:
+                entry = entries.get(spec)
+                if entry is None or not entry.filters_file:
+                    why = "has no ok entry" if entry is None else "has no raw filters"
+                    raise ValueError(
+                        f"model {spec!r} {why} in the store {str(self.path)!r}; scan it with "
+                        "raw_filters=True (CLI: --raw-filters)."
+                    )
+                chosen.append(entry)
+        return [self._existing(self.path / "filters" / e.filters_file, e) for e in chosen]
+
     def _existing(self, path: Path, entry: StoreEntry) -> Path:
         if not path.is_file():
             raise FileNotFoundError(

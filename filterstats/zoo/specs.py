@@ -13,6 +13,8 @@ spec                                        what it loads
 ``PATH.pt|.pth|.bin|.ckpt|.safetensors``    a state dict read safely from the file (a
                                             TorchScript archive: its scripted module)
 ``PATH.onnx``                               filters read from the ONNX graph
+``PATH.parquet``                            one model's raw filters from a scan store
+                                            (``scan(..., raw_filters=True)``)
 ==========================================  ==========================================
 
 [`filterstats.extract_filters`][filterstats.extract_filters] (and so every function
@@ -38,6 +40,7 @@ __all__ = ["ModelSpec", "load_model", "parse_spec"]
 SCHEMES: tuple[str, ...] = ("timm", "robustbench", "demo")
 STATE_DICT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 ONNX_SUFFIX = ".onnx"
+RAW_FILTERS_SUFFIX = ".parquet"
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,8 @@ class ModelSpec:
     """A parsed model spec.
 
     Attributes:
-        scheme: ``"timm"``, ``"robustbench"``, ``"demo"``, ``"state_dict"`` or ``"onnx"``.
+        scheme: ``"timm"``, ``"robustbench"``, ``"demo"``, ``"state_dict"``, ``"onnx"``
+            or ``"raw_filters"``.
         name: Model name (timm, RobustBench), demo kind, or the file path.
         location: What follows ``@``: a weights file or ``"random"`` (timm), a
             model directory (RobustBench), a seed (demo); ``""`` when absent.
@@ -79,7 +83,7 @@ def parse_spec(spec: str) -> ModelSpec:
             raise ValueError(
                 f"unknown model spec scheme {scheme!r} in {spec!r}; use one of "
                 f"{[s + ':' for s in SCHEMES]} or a file path ending in "
-                f"{[*STATE_DICT_SUFFIXES, ONNX_SUFFIX]}."
+                f"{[*STATE_DICT_SUFFIXES, ONNX_SUFFIX, RAW_FILTERS_SUFFIX]}."
             )
         name, _, location = rest.partition("@")
         if not name:
@@ -105,9 +109,11 @@ def parse_spec(spec: str) -> ModelSpec:
         return ModelSpec("onnx", spec)
     if suffix in STATE_DICT_SUFFIXES:
         return ModelSpec("state_dict", spec)
+    if suffix == RAW_FILTERS_SUFFIX:
+        return ModelSpec("raw_filters", spec)
     raise ValueError(
         f"cannot tell what {spec!r} is: a model file must end in "
-        f"{[*STATE_DICT_SUFFIXES, ONNX_SUFFIX]}, or use a scheme "
+        f"{[*STATE_DICT_SUFFIXES, ONNX_SUFFIX, RAW_FILTERS_SUFFIX]}, or use a scheme "
         f"{[s + ':' for s in SCHEMES]} (e.g. timm:resnet18, demo:robust)."
     )
 
@@ -127,7 +133,8 @@ def load_model(
         full pickle of a module); a state dict ``{name: tensor}`` for plain
         checkpoint files (unwrapped as ``filterstats.checkpoints.to_state_dict``
         does); a [`FilterSet`][filterstats.FilterSet] of every kernel size for
-        ``.onnx`` files. [`extract_filters`][filterstats.extract_filters] turns any
+        ``.onnx`` files and raw-filter ``.parquet`` files.
+        [`extract_filters`][filterstats.extract_filters] turns any
         of them into a ``FilterSet``.
 
     Raises:
@@ -144,6 +151,10 @@ def load_model(
         from filterstats.zoo.onnx import extract_onnx_filters
 
         return extract_onnx_filters(parsed.name, kernel_size=None)
+    if parsed.scheme == "raw_filters":
+        from filterstats.scanning.raw import read_filterset
+
+        return read_filterset(parsed.name)
     if parsed.scheme == "timm":
         from filterstats.zoo.timm import create_model
 

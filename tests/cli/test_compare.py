@@ -36,11 +36,14 @@ def test_compare_summary_formats_with_the_core_dependencies_only(tmp_path):
     small_checkpoint(tmp_path / "b.pt", 1)
     as_json = run_core_only("compare", "a.pt", "b.pt", "--format", "json", cwd=tmp_path)
     assert as_json.returncode == 0, as_json.stderr
-    records = json.loads(as_json.stdout)
+    payload = json.loads(as_json.stdout)
+    assert payload["filterstats"]["definition"] == "paper"  # how it was made
+    records = payload["rows"]
     assert [r["metric"] for r in records][:3] == ["sparsity", "diversity", "orthogonality"]
     as_csv = run_core_only("compare", "a.pt", "b.pt", "--format", "csv", cwd=tmp_path)
     assert as_csv.returncode == 0, as_csv.stderr
-    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert as_csv.stdout.startswith("# filterstats {")
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout.split("\n", 1)[1])))
     assert [r["metric"] for r in rows] == [r["metric"] for r in records]
     written = run_core_only("compare", "a.pt", "b.pt", "--out", "cmp", cwd=tmp_path)
     assert written.returncode == 0, written.stderr

@@ -25,5 +25,6 @@ def test_demo_runs_with_the_core_dependencies_only(tmp_path):
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["layers.csv", "report.html", "summary.csv"]  # no figure without matplotlib
     assert f"wrote out/: {', '.join(files)}" in result.stdout  # names only what it wrote
-    header = (tmp_path / "out" / "summary.csv").read_text().splitlines()[0]
-    assert header.startswith("metric,n_pairs,n_units,mean_a,mean_b,mean_diff")
+    how, header = (tmp_path / "out" / "summary.csv").read_text().splitlines()[:2]
+    assert how.startswith("# filterstats {") and '"n_pairs": 1' in how
+    assert header.startswith("metric,n_pairs,n_units,mean_robust,mean_normal,mean_diff")

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -204,3 +206,26 @@ def test_a_lightning_checkpoint_loads_into_its_timm_architecture(tmp_path):
     expected = [row.layer for row in fs.analyze(net).measured]
     assert [row.layer for row in from_spec.measured] == expected
     assert sorted(row.layer for row in from_file.measured) == sorted(expected)
+
+
+@pytest.mark.parametrize(("name", "kinds"), [
+    ("efficientnet_b0", {"dense", "depthwise"}),
+    ("convnext_atto", {"dense", "depthwise"}),
+    ("regnetx_002", {"dense", "grouped"}),
+])  # fmt: skip
+def test_grouped_and_depthwise_layers_are_tagged(name, kinds):
+    model = zoo_timm.create_model(name)
+    expected = {
+        path: "dense" if m.groups == 1 else "depthwise" if m.in_channels == m.groups else "grouped"
+        for path, m in model.named_modules()
+        if isinstance(m, nn.modules.conv._ConvNd)
+    }
+    report = fs.analyze(model, kernel_size=None)
+    assert {row.layer: row.kind for row in report.measured} == {
+        row.layer: expected[row.layer] for row in report.measured
+    }
+    assert {row.kind for row in report.measured} == kinds
+    # Group-aware orthogonality: defined where a group holds two or more filters.
+    for row in report.measured:
+        per_group = row.out_channels // row.groups
+        assert (per_group < 2) == math.isnan(row.group_orthogonality)
