@@ -106,3 +106,11 @@ def test_pair_level_test_keeps_its_nominal_level_on_null_comparisons():
     assert abs(pair_level / n_sim - nominal) <= tolerance, pair_level
     # The layers treated as independent would not keep it: this check can fail.
     assert layer_level / n_sim > nominal + tolerance, layer_level
+
+
+def test_a_comparison_shows_as_html_in_a_notebook(comparison):
+    """Jupyter shows the Comparison itself (not only its tables) as HTML."""
+    shown = comparison._repr_html_()
+    assert shown.startswith("<p><b>Comparison(")
+    assert comparison.summary()._repr_html_() in shown  # the headline table, with its caption
+    assert "<table" in shown and "summary not computed" not in shown

@@ -7,6 +7,7 @@ They hold results and print them; the statistics come from
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -1251,3 +1252,17 @@ class Comparison:
         if self.definition_check is not None:
             lines.append(repr(self.definition_check))
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: what was compared, then the summary (and the definition check)."""
+        head = html.escape(repr(self).split("\n", 1)[0])
+        parts = [f"<p><b>{head}</b></p>"]
+        if self.unmatched:
+            parts.append(f"<p>unmatched: {html.escape('; '.join(self.unmatched))}</p>")
+        if self.default_summary is None:
+            parts.append("<p>summary not computed: call <code>.summary()</code></p>")
+        else:
+            parts.append(self.default_summary._repr_html_())
+        if self.definition_check is not None:
+            parts.append(self.definition_check._repr_html_())
+        return "\n".join(parts)
