@@ -227,7 +227,7 @@ def graph_depths(
     hidden = _hidden_convs(conv_names)
     if method == "registration":
         return _registration(conv_names), "registration"
-    if scripted and method in ("auto", "forward"):
+    if isinstance(model, torch.jit.ScriptModule) and method in ("auto", "forward"):
         try:
             return torchscript_depths(model, conv_names), "torchscript"
         except Exception as error:  # a graph that hides calls: no reliable order

@@ -78,9 +78,9 @@ def _torchscript(net: nn.Module, kind: str, where: str, tmp_path: Path):
 
 def _fields(filters: fs.FilterSet) -> list[tuple]:
     return [
-        (l.name, l.module_type, l.depth, l.conv_depth, l.conv_depth_norm, l.groups, l.stride,
-         l.transposed, l.in_channels, l.out_channels, l.kernel_size, l.shared_with)
-        for l in filters
+        (layer.name, layer.module_type, layer.depth, layer.conv_depth, layer.conv_depth_norm, layer.groups, layer.stride,
+         layer.transposed, layer.in_channels, layer.out_channels, layer.kernel_size, layer.shared_with)
+        for layer in filters
     ]  # fmt: skip
 
 
@@ -117,11 +117,11 @@ def test_same_rows_as_the_eager_module(kind, where, inputs, tmp_path):
 def test_the_values_the_eager_module_has():
     """The eager reference itself, written out: a wrong reference cannot pass."""
     eager = fs.extract_filters(Net().eval(), kernel_size=None)
-    groups = {l.name: l.groups for l in eager}
+    groups = {layer.name: layer.groups for layer in eager}
     assert groups == {
         "stem": 1, "block.conv1": 2, "block.conv2": 8, "block.shortcut": 1, "grouped": 4, "up": 2,
     }  # fmt: skip
-    depth = {l.name: l.depth for l in eager}
+    depth = {layer.name: layer.depth for layer in eager}
     # stem 1; conv1 2 | shortcut 2; bn 3, relu 4, conv2 5; add 6; grouped 7; up 8.
     assert depth == {
         "stem": 1, "block.conv1": 2, "block.shortcut": 2, "block.conv2": 5, "grouped": 7, "up": 8,
@@ -144,7 +144,7 @@ def test_the_reported_model_is_measured_with_its_groups(kind, where, tmp_path):
     assert [s.layer for s in report.skipped] == ["4"]  # the 1x1, for its kernel size
     assert "never called" not in report.skipped[0].reason
     filters = _extract(model)
-    assert [l.groups for l in filters] == [1, 4, 8, 1]
+    assert [layer.groups for layer in filters] == [1, 4, 8, 1]
     for ours, theirs in zip(report.measured, expected.measured):
         assert ours.conv_depth == theirs.conv_depth and ours.groups == theirs.groups
         assert ours.diversity == theirs.diversity and ours.sparsity == theirs.sparsity
@@ -156,10 +156,12 @@ def test_depth_forward_on_torchscript_reads_the_graph(kind, tmp_path):
     model = _torchscript(net, kind, "memory", tmp_path)
     filters = _extract(model, depth="forward", example_inputs=X)
     assert filters.depth_method == "torchscript"
-    assert [l.depth for l in filters] == [l.depth for l in fs.extract_filters(net, kernel_size=None)]
+    assert [layer.depth for layer in filters] == [
+        layer.depth for layer in fs.extract_filters(net, kernel_size=None)
+    ]
     registration = _quiet(fs.extract_filters, model, kernel_size=None, depth="registration")
     assert registration.depth_method == "registration"
-    assert [l.groups for l in registration] == [1, 4, 8, 1]
+    assert [layer.groups for layer in registration] == [1, 4, 8, 1]
 
 
 class Twice(nn.Module):
@@ -211,7 +213,7 @@ def test_torchscript_submodule_of_an_eager_model_is_not_never_called():
             filters = _quiet(fs.extract_filters, outer, kernel_size=None, example_inputs=inputs)
         assert filters.depth_method == "registration"
         assert filters.names == ("0.0", "0.2", "0.3", "0.4") and not filters.skipped
-        assert [l.groups for l in filters] == [1, 4, 8, 1]
+        assert [layer.groups for layer in filters] == [1, 4, 8, 1]
 
 
 class _NoGraph(nn.Module):
