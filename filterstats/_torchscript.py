@@ -11,7 +11,8 @@ Depth counts graph nodes from the inputs as the forward-pass method does: a node
 that returns a tensor is one step deeper than its deepest input; TorchScript's
 structural nodes (``prim::*``: constants, attribute reads, lists and tuples,
 ``If``/``Loop``) and non-tensor results (sizes, lists) pass depth through without
-adding a step.
+adding a step. A convolution module that pads its own input
+(``padding_mode="reflect"``) counts as one node, as in the fx graph.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ _CONV_KINDS: dict[str, tuple[int, int | bool]] = {
 #: Calls the inlined graph still holds (interfaces, forks): convolutions inside them
 #: are not visible, so the graph cannot say which convolutions forward calls.
 _OPAQUE = {"prim::CallMethod", "prim::CallFunction", "prim::fork", "prim::PythonOp"}
+#: Padding nodes (a conv module's ``padding_mode``).
+_PADS = {
+    "aten::pad", "aten::constant_pad_nd", "aten::reflection_pad1d", "aten::reflection_pad2d",
+    "aten::reflection_pad3d", "aten::replication_pad1d", "aten::replication_pad2d",
+    "aten::replication_pad3d", "aten::circular_pad1d", "aten::circular_pad2d",
+    "aten::circular_pad3d", "aten::_pad_circular",
+}  # fmt: skip
 #: Nodes that pass depth through without a step (besides every ``prim::`` node).
 _PASS_THROUGH = {"aten::__getitem__", "aten::list", "aten::append", "aten::format"}
 
@@ -145,6 +153,10 @@ def conv_calls(module: torch.jit.ScriptModule) -> list[ConvCall]:
                 incoming = through if incoming is None else max(incoming, through)
             if incoming is None:
                 continue
+            if kind in _CONV_KINDS and len(node_inputs) > 3:
+                padded = _own_padding(node, node_inputs, root, module)
+                if padded is not None and padded in depth:
+                    incoming = depth[padded]  # the module's padding and conv: one node
             step = 0 if kind.startswith("prim::") or kind in _PASS_THROUGH else 1
             for output in node.outputs():
                 depth[output] = incoming + (step if _is_tensor(output) else 0)
@@ -153,6 +165,43 @@ def conv_calls(module: torch.jit.ScriptModule) -> list[ConvCall]:
 
     walk(graph)
     return calls
+
+
+def _own_padding(node: Any, node_inputs: list[Any], root: Any, module: Any) -> Any:
+    """The unpadded input when a conv module pads its own input (``padding_mode``).
+
+    ``Conv2d(padding_mode="reflect")`` runs ``F.pad`` then the convolution; fx and
+    the forward pass count the module as one node, so the pad adds no step. The pad
+    is the module's own when the module's own forward graph is that pad of its
+    input followed by the convolution (then, inlined, the pad feeding its call is
+    that one); an explicit ``F.pad`` outside the module stays a node.
+    """
+    pad = node_inputs[0].node()
+    if pad.kind() not in _PADS:
+        return None
+    path = _attribute_path(node_inputs[1], root)
+    if not path or path[-1] != "weight":
+        return None
+    try:
+        conv = module
+        for name in path[:-1]:  # ScriptModules have no get_submodule
+            conv = getattr(conv, name)
+        graph = conv.inlined_graph
+    except Exception:  # not a submodule with a forward graph
+        return None
+    inputs = list(graph.inputs())
+    if len(inputs) < 2:
+        return None
+    for inner in graph.nodes():
+        args = list(inner.inputs())
+        if inner.kind() not in _CONV_KINDS or len(args) < 2:
+            continue
+        if _attribute_path(args[1], inputs[0]) != ["weight"]:
+            continue
+        source = args[0].node()
+        if source.kind() in _PADS and next(source.inputs(), None) is inputs[1]:
+            return next(pad.inputs(), None)
+    return None
 
 
 def _conv_call(node: Any, node_inputs: list[Any], root: Any, depth: int) -> ConvCall:

@@ -234,3 +234,30 @@ def test_groups_of_an_uncalled_traced_conv_are_unknown_never_wrong():
     assert filters["used"].groups == 1
     assert filters["spare"].groups is None  # not the default 1
     assert filters["spare"].in_channels == 2  # one group's, as for state dicts
+
+
+class PadsItself(nn.Module):
+    """An explicit ``F.pad`` before a conv is a node of its own (unlike ``padding_mode``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, groups=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))
+
+
+@pytest.mark.parametrize("where", ["memory", "loaded"])
+@pytest.mark.parametrize("kind", ["trace", "script"])
+def test_padding_modes_count_as_the_conv_node(kind, where, tmp_path):
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding="same", groups=2),
+        PadsItself(),
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular", groups=4),
+    ).eval()
+    eager = fs.extract_filters(net, kernel_size=None)
+    assert [layer.depth for layer in eager] == [1, 3, 5, 6]  # the explicit pad is node 4
+    filters = _extract(_torchscript(net, kind, where, tmp_path))
+    assert _fields(filters) == _fields(eager)
