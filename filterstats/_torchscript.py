@@ -162,6 +162,10 @@ def conv_calls(module: torch.jit.ScriptModule) -> list[ConvCall]:
                 depth[output] = incoming + (step if _is_tensor(output) else 0)
             if kind in _CONV_KINDS and len(node_inputs) > 3:
                 calls.append(_conv_call(node, node_inputs, root, incoming + 1))
+            elif "conv" in kind.lower() and not kind.startswith("prim::"):
+                # Another convolution op (quantized::conv2d, mkldnn, ...): its module
+                # is called (no "never called"), its arguments are not read.
+                calls.extend(_other_conv_calls(node_inputs, root, incoming + step))
 
     walk(graph)
     return calls
@@ -202,6 +206,16 @@ def _own_padding(node: Any, node_inputs: list[Any], root: Any, module: Any) -> A
         if source.kind() in _PADS and next(source.inputs(), None) is inputs[1]:
             return next(pad.inputs(), None)
     return None
+
+
+def _other_conv_calls(node_inputs: list[Any], root: Any, depth: int) -> list[ConvCall]:
+    """Calls of an unlisted convolution op: the modules whose attributes it reads."""
+    paths = {
+        ".".join(path[:-1])
+        for value in node_inputs[1:]
+        if (path := _attribute_path(value, root))
+    }  # fmt: skip
+    return [ConvCall(path, depth, None, None, None) for path in sorted(paths)]
 
 
 def _conv_call(node: Any, node_inputs: list[Any], root: Any, depth: int) -> ConvCall:

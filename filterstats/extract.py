@@ -250,13 +250,16 @@ def _scripted_meta(
     the module's own convolution call in its graph. ``None`` when neither says (or
     its calls disagree): unknown, never a guess.
     """
-    try:
-        calls = [call for call in conv_calls(module) if call.path == ""]  # type: ignore[arg-type]
-    except Exception:  # no forward graph (e.g. a traced module forward never called)
-        calls = []
+    calls: list[Any] = []
 
     def agreed(field: str) -> Any:
-        values = {getattr(call, field) for call in calls}
+        if not calls:
+            try:
+                found = conv_calls(module)  # type: ignore[arg-type]
+            except Exception:  # no forward graph (a traced module forward never called)
+                found = []
+            calls.extend([call for call in found if call.path == ""] or [None])
+        values = {getattr(call, field, None) for call in calls}
         return values.pop() if len(values) == 1 else None
 
     groups = getattr(module, "groups", None)

@@ -261,3 +261,21 @@ def test_padding_modes_count_as_the_conv_node(kind, where, tmp_path):
     assert [layer.depth for layer in eager] == [1, 3, 5, 6]  # the explicit pad is node 4
     filters = _extract(_torchscript(net, kind, where, tmp_path))
     assert _fields(filters) == _fields(eager)
+
+
+def test_an_unlisted_convolution_op_still_counts_as_called(monkeypatch):
+    """An op the graph reader does not know (here: conv2d, unlisted) still marks its
+    module as called, with depth but no groups read from it."""
+    from filterstats import _torchscript
+
+    kinds = dict(_torchscript._CONV_KINDS)
+    kinds.pop("aten::_convolution")
+    monkeypatch.setattr(_torchscript, "_CONV_KINDS", kinds)
+    net = _issue_net()
+    traced = _quiet(torch.jit.trace, net, X)
+    filters = _extract(traced)
+    assert filters.depth_method == "torchscript" and not filters.skipped
+    assert [layer.depth for layer in filters] == [
+        layer.depth for layer in fs.extract_filters(net, kernel_size=None)
+    ]
+    assert [layer.groups for layer in filters] == [None] * 4  # unknown, not 1
