@@ -110,7 +110,7 @@ def conv_calls(module: torch.jit.ScriptModule) -> list[ConvCall]:
             or ``torch.jit.load``).
 
     Returns:
-        One [`ConvCall`][filterstats._torchscript.ConvCall] per call whose weight is a
+        One ``ConvCall`` per call whose weight is a
         module attribute (a module called twice appears twice).
 
     Raises:
