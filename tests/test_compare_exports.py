@@ -114,3 +114,24 @@ def test_a_comparison_shows_as_html_in_a_notebook(comparison):
     assert shown.startswith("<p><b>Comparison(")
     assert comparison.summary()._repr_html_() in shown  # the headline table, with its caption
     assert "<table" in shown and "summary not computed" not in shown
+
+
+def test_groups_of_models_show_progress_while_they_are_analysed(monkeypatch):
+    """A bar per side while its models are analysed; none for one model; progress=False."""
+    matching = importlib.import_module("filterstats.compare.matching")
+    shown: list[tuple[str, bool]] = []
+
+    def recording_bar(items, *, total=None, desc="", enabled=True):
+        shown.append((desc, enabled))
+        yield from items
+
+    monkeypatch.setattr(matching, "progress_bar", recording_bar)
+    nets = [make_net(seed) for seed in range(4)]
+    fs.compare(nets[:2], nets[2:], n_boot=50)
+    assert shown == [("analyse robust", True), ("analyse normal", True)]
+    shown.clear()
+    fs.compare(nets[0], nets[1], n_boot=50)
+    assert shown == [("analyse robust", False), ("analyse normal", False)]
+    shown.clear()
+    fs.compare(nets[:2], nets[2:], n_boot=50, progress=False)
+    assert [enabled for _, enabled in shown] == [False, False]

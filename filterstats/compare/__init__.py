@@ -90,6 +90,7 @@ def compare(
     confidence: float = 0.95,
     seed: int = 0,
     both_definitions: bool = False,
+    progress: bool = True,
     **analyze_kwargs: Any,
 ) -> Comparison:
     """Compare the filters of two models, or of two groups of models.
@@ -129,6 +130,8 @@ def compare(
             differs (``Comparison.definition_check``). The statistics of the comparison
             stay those of ``definition`` (``"paper"`` unless given). Needs models, not
             FilterReports.
+        progress: Show a progress bar on stderr while the models are analysed (needs
+            tqdm; shown only when a side has more than one model to analyse).
         **analyze_kwargs: Options for ``analyze`` (``eps``, ``definition``, ...).
 
     Returns:
@@ -167,7 +170,8 @@ def compare(
     settings = {"labels": labels, "pairs": pairs, "match": match, "metrics": metrics,
                 "twins": twins, "bins": bins, "first_bin": first_bin,
                 "include_lowest": include_lowest, "nan_in_denominator": nan_in_denominator,
-                "n_boot": n_boot, "confidence": confidence, "seed": seed}  # fmt: skip
+                "n_boot": n_boot, "confidence": confidence, "seed": seed,
+                "progress": progress}  # fmt: skip
     comparison = _assemble(a, b, analyze_kwargs, settings)
     if not both_definitions:
         return comparison
@@ -194,8 +198,8 @@ def _assemble(
     labels, pairs, match, metrics = (settings[k] for k in ("labels", "pairs", "match", "metrics"))
     bins, first_bin = settings["bins"], settings["first_bin"]
     include_lowest, nan_in_denominator = settings["include_lowest"], settings["nan_in_denominator"]
-    group_a = resolve_group(a, labels[0], analyze_kwargs)
-    group_b = resolve_group(b, labels[1], analyze_kwargs)
+    group_a = resolve_group(a, labels[0], analyze_kwargs, progress=settings["progress"])
+    group_b = resolve_group(b, labels[1], analyze_kwargs, progress=settings["progress"])
     group_a, group_b = uniquify([group_a, group_b])
     resolved = resolve_pairs(pairs, group_a, group_b)
     same = all(signature(group_a[i]) == signature(group_b[j]) for i, j in resolved)

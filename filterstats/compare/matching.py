@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from filterstats._progress import progress_bar
 from filterstats.compare.results import MatchRow
 from filterstats.depth_bins import depth_profile
 from filterstats.layers import FilterSet
@@ -32,13 +33,16 @@ def _relabel(report: FilterReport, label: str) -> FilterReport:
     return FilterReport(rows, report.params, baseline=baseline)
 
 
-def resolve_group(group: Any, name: str, analyze_kwargs: Mapping[str, Any]) -> list[FilterReport]:
+def resolve_group(
+    group: Any, name: str, analyze_kwargs: Mapping[str, Any], *, progress: bool = False
+) -> list[FilterReport]:
     """The reports of one side: models analysed once each, multi-model reports split.
 
     Args:
         group: A model, a FilterReport, or a list of them.
         name: The group's label (models are labelled ``name`` or ``name[i]``).
         analyze_kwargs: Options for ``analyze``.
+        progress: A progress bar on stderr over the models to analyse (when more than one).
 
     Returns:
         One report per position (an object listed twice is analysed once).
@@ -51,7 +55,12 @@ def resolve_group(group: Any, name: str, analyze_kwargs: Mapping[str, Any]) -> l
     many = len(items) > 1
     cache: dict[int, list[FilterReport]] = {}  # one analysis per object, however often listed
     reports: list[FilterReport] = []
-    for i, item in enumerate(items):
+    to_analyse = len({id(item) for item in items if not isinstance(item, FilterReport)})
+    bar = progress_bar(
+        enumerate(items), total=len(items), desc=f"analyse {name}",
+        enabled=progress and to_analyse > 1,
+    )  # fmt: skip
+    for i, item in bar:
         if id(item) not in cache:
             if isinstance(item, FilterReport):
                 cache[id(item)] = _split(item)
