@@ -27,7 +27,11 @@ batch dimension. Real kernels give ``A(-u, -v) = conj(A(u, v))``, whose singular
 are equal, so only the frequencies of a half plane are computed, each weighted by how
 often it occurs.
 
-The spectral norm alone comes from the Gram iteration (Delattre, Barthélemy, Araujo &
+The spectral norm alone is certified per frequency by a Cholesky factorisation of
+``c I - G`` (``G`` the Hermitian Gram matrix of the smaller side, built from the
+kernel's tap cross-products by [`offset_grams`][], [`grams_at`][]; [`certify_below`][]),
+with a Lanczos lower bound ([`lanczos_lower`][]). The older alternative is the Gram
+iteration (Delattre, Barthélemy, Araujo &
 Allauzen, "Efficient Bound of Lipschitz Constant for Convolutional Layers by Gram
 Iteration", ICML 2023): ``G_1 = A^H A``, ``G_(t+1) = G_t^2`` (rescaled to unit Frobenius
 norm), and ``sigma_1 = lambda_1(G_t)^(1 / 2^t) <= ||G_t||_F^(1 / 2^t)`` at every step. Here
@@ -55,14 +59,21 @@ from torch import Tensor
 __all__ = [
     "Geometry",
     "Plan",
+    "certify_below",
     "frequencies",
     "gram_bounds",
+    "gram_error",
+    "grams_at",
+    "lanczos_lower",
+    "offset_grams",
+    "offset_phases",
     "operator_frobenius_sq",
     "phase_matrix",
     "plan_operator",
     "polyphase_taps",
     "source_index",
     "tap_gram",
+    "top_eigenvalue",
     "transfer_matrices",
 ]
 

@@ -6,9 +6,10 @@ size, which the statistics of the 3x3 kernels do not see.
 [`conv_spectra`][filterstats.spectra.conv_spectra] finds every convolution's input size
 from one shape pass of the model and computes, per layer:
 
-- the spectral norm (a certified upper bound within a stated tolerance, by the Gram
-  iteration of Delattre et al., ICML 2023), or all singular values (Sedghi, Gupta &
-  Long, ICLR 2019) with ``singular_values=True``;
+- the spectral norm (a certified upper bound within a stated tolerance: Cholesky
+  certificates of the per-frequency Gram matrices, or the Gram iteration of Delattre
+  et al., ICML 2023, with ``norm_method="gram"``), or all singular values (Sedghi,
+  Gupta & Long, ICLR 2019) with ``singular_values=True``;
 - exact values where the operator is (block-)circulant: circular padding with a
   stride that divides the input (a polyphase reshaping), and convolutions without
   padding whose kernel is no longer than the stride (1x1, patch embeddings);
