@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import platform
+import sys
 import time
 
 import torch
@@ -65,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as measured, even in a file
     main()

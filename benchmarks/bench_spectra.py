@@ -21,22 +21,32 @@ WRN layer is then exact):
   ``torch.linalg.svdvals`` over all frequencies, complex128.
 - ``filterstats``: ``conv_spectra(padding="circular", singular_values=True)``:
   conjugate symmetry (half the frequencies), batched over frequencies and same-shape
-  layers, chunked to ``max_memory``, float64 (and float32 on request).
+  layers, chunked to ``max_memory``; float64: ``eigvalsh`` of the Gram matrices built
+  from the kernel's tap cross-products; float32 (``--float32``): ``svdvals`` of the
+  complex64 transfer matrices.
 
 Spectral norms (certified upper bounds within ``tol``):
 
-- ``power iteration``: the naive baseline: per layer, all transfer matrices in
-  memory, ``--power-iterations`` batched complex matrix-vector products each way
-  (a lower estimate, no guarantee).
-- ``filterstats gram``: ``conv_spectra(padding="circular")`` and ``padding="model"``
-  (the model's zero padding: bounds, plus the test-input lower bound).
+- ``power iteration`` (``--power-iterations N``, 0 skips it): the naive baseline: per
+  layer, all transfer matrices in memory, N batched complex matrix-vector products
+  each way (a lower estimate, no guarantee).
+- ``filterstats certificate``: ``conv_spectra(padding="circular")`` and
+  ``padding="model"`` (the model's zero padding: bounds, plus the test-input lower
+  bound): Gram matrices from the taps, Lanczos lower bound, Cholesky certificates.
+- ``filterstats gram`` (``--gram``): the same with ``norm_method="gram"`` (the Gram
+  iteration, the previous default).
 
-The floor of the Gram iteration, per step: every open frequency's ``r x r`` Gram
-iterate is read once and its square written (``16 r^2`` bytes each way in complex128)
-and ``8 r^3`` real flops are spent. The table prints the first step's bytes and flops
-(every frequency open) and the time they take at the measured bandwidth (a ``sum``
-over a large array) and complex matmul rate (a batched ``r = 640`` product); later
-steps touch only the frequencies still open.
+Floors: the bytes each method must move at least (every frequency's ``r x r``
+complex128 Gram matrix written once and read once by its factorisation or
+eigensolver; the transfer matrices, ``16 p q`` bytes, for the Gram iteration's first
+step) and the flops it must spend (certificate: the tap products, ``(T^2 + T) n r^2``,
+and one Cholesky factorisation, ``4 r^3 / 3``, per frequency; eigvalsh: the
+tridiagonal reduction, ``16 r^3 / 3``; Gram iteration: ``8 r^3`` per step), and the
+time they take at the measured bandwidth (a ``sum`` over a large array) and complex
+matmul rate (a batched ``r = 640`` product). "Memory floor" below is the larger of the
+two times.
+
+Timings are medians of ``--repeats`` runs (the numpy loop and the baselines: one run).
 
 Peak extra memory: the peak resident set size (``VmHWM`` reset through
 ``/proc/self/clear_refs``) minus the resident size before the call, Linux only; on CUDA
@@ -199,16 +209,20 @@ def power_iteration(
 
 
 def floors(layers: list[tuple[str, Tensor, int, int]], device: torch.device) -> dict[str, float]:
-    """Bytes and flops of one Gram step with every frequency open, and their times."""
-    read = 0.0
-    flops = 0.0
+    """Bytes and flops each method cannot avoid, and the measured machine rates."""
+    gram_bytes = certificate_flops = eig_flops = step_bytes = step_flops = 0.0
     for _, weight, stride, n in layers:
-        c_out, c_in = weight.shape[:2]
+        c_out, c_in, k, _ = weight.shape
         grid = n // stride
         frequencies = grid * (grid // 2 + 1)
-        r = min(c_out, c_in * stride * stride)
-        read += frequencies * 16 * r * r * 2  # the iterate read, its square written
-        flops += frequencies * 8 * r**3
+        p, q = c_out, c_in * stride * stride
+        r, inner = min(p, q), max(p, q)
+        taps = (-(-k // stride)) ** 2
+        gram_bytes += frequencies * 16 * r * r * 2
+        certificate_flops += (taps * taps + taps) * inner * r * r + frequencies * 4 * r**3 / 3
+        eig_flops += frequencies * 16 * r**3 / 3
+        step_bytes += frequencies * 16 * (p * q + 2 * r * r)
+        step_flops += frequencies * 8 * r**3
     big = torch.randn(2**26, dtype=torch.float64, device=device)
     big.sum()
     _sync(device)
@@ -225,12 +239,19 @@ def floors(layers: list[tuple[str, Tensor, int, int]], device: torch.device) -> 
     _sync(device)
     rate = 8 * 8 * 640**3 / (time.perf_counter() - start)
     return {
-        "bytes": read,
-        "flops": flops,
+        "gram_bytes": gram_bytes,
+        "certificate_flops": certificate_flops,
+        "eig_flops": eig_flops,
+        "step_bytes": step_bytes,
+        "step_flops": step_flops,
         "bandwidth": bandwidth,
         "rate": rate,
-        "seconds": max(read / bandwidth, flops / rate),
     }
+
+
+def _floor(bytes_: float, flops: float, floor: dict[str, float]) -> str:
+    seconds = max(bytes_ / floor["bandwidth"], flops / floor["rate"])
+    return f"{bytes_ / 2**30:.1f} GiB, {flops / 1e9:.0f} GFLOP: {seconds:.1f} s"
 
 
 def _gib(value: float | None) -> str:
@@ -247,7 +268,8 @@ def main() -> None:
     parser.add_argument(
         "--numpy-frequencies", type=int, default=6, help="SVDs timed per layer (numpy loop)"
     )
-    parser.add_argument("--power-iterations", type=int, default=30)
+    parser.add_argument("--power-iterations", type=int, default=30, help="0 skips it")
+    parser.add_argument("--gram", action="store_true", help="also time norm_method='gram'")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the fast methods")
     parser.add_argument("--float32", action="store_true", help="also time float32 spectra")
     parser.add_argument("--skip-torch-svdvals", action="store_true")
@@ -267,14 +289,26 @@ def main() -> None:
     def spectra(**kwargs: Any) -> Any:
         return conv_spectra(model, input_size=input_size, device=device, progress=False, **kwargs)
 
+    floor = floors(layers, device)
+    print(f"- measured: {floor['bandwidth'] / 1e9:.1f} GB/s (float64 sum), "
+          f"{floor['rate'] / 1e9:.1f} GFLOP/s (complex128 matmul, r = 640)")  # fmt: skip
+
+    def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float | None, Any]:
+        times, peak, result = [], None, None
+        for repeat in range(repeats):
+            seconds, peak_now, result = measured(fn, device)
+            times.append(seconds)
+            peak = peak_now if repeat == 0 else peak
+        return statistics.median(times), peak, result
+
     # -------------------------------------------------------------- singular values
     rows: list[list[str]] = []
     numpy_seconds, numpy_svds = numpy_loop(layers, args.numpy_frequencies)
     rows.append(["numpy loop (published)", f"{numpy_seconds:.1f}", "1.0",
                  f"extrapolated from {args.numpy_frequencies} of each layer's frequencies "
-                 f"({numpy_svds:,} SVDs in all)", "n/a"])  # fmt: skip
-    exact_seconds, exact_peak, exact = measured(
-        lambda: spectra(padding="circular", singular_values=True), device
+                 f"({numpy_svds:,} SVDs in all)", "n/a", "n/a"])  # fmt: skip
+    exact_seconds, exact_peak, exact = timed(
+        lambda: spectra(padding="circular", singular_values=True), args.repeats
     )
     ours = torch.cat([exact.singular_values(r.layer) for r in exact.computed])
     if not args.skip_torch_svdvals:
@@ -287,24 +321,29 @@ def main() -> None:
         )
         rows.append(["torch svdvals, full grid", f"{svd_seconds:.1f}",
                      f"{numpy_seconds / svd_seconds:.1f}", "complex128, one batch per layer",
-                     _gib(svd_peak)])  # fmt: skip
+                     _gib(svd_peak), "n/a"])  # fmt: skip
     else:
         agree = math.nan
-    rows.append(["filterstats, float64", f"{exact_seconds:.1f}",
+    rows.append(["filterstats, float64 (Gram eigvalsh)", f"{exact_seconds:.1f}",
                  f"{numpy_seconds / exact_seconds:.1f}",
-                 f"half spectrum, batched; max diff vs torch {agree:.1e} (relative)",
-                 _gib(exact_peak)])  # fmt: skip
+                 f"half spectrum, batched; max diff vs torch svdvals {agree:.1e} (of sigma_1)",
+                 _gib(exact_peak),
+                 _floor(floor["gram_bytes"], floor["eig_flops"], floor)])  # fmt: skip
     if args.float32:
-        f32_seconds, f32_peak, _ = measured(
+        f32_seconds, f32_peak, fast = timed(
             lambda: spectra(padding="circular", singular_values=True, dtype=torch.float32),
-            device,
+            args.repeats,
         )
+        theirs = torch.cat([fast.singular_values(r.layer) for r in fast.computed])
+        gap = float((theirs.sort(descending=True).values - ours.sort(descending=True).values)
+                    .abs().max() / ours.abs().max())  # fmt: skip
         speed = f"{numpy_seconds / f32_seconds:.1f}"
-        rows.append(["filterstats, float32", f"{f32_seconds:.1f}", speed, "complex64",
-                     _gib(f32_peak)])  # fmt: skip
+        rows.append(["filterstats, float32 (svdvals)", f"{f32_seconds:.1f}", speed,
+                     f"complex64; max diff vs float64 {gap:.1e} (of sigma_1)",
+                     _gib(f32_peak), "n/a"])  # fmt: skip
     print("\n## All singular values (circular padding assumed)\n")
-    print("| method | seconds | speed-up vs numpy | notes | peak extra memory |")
-    print("|---|---|---|---|---|")
+    print("| method | seconds (median) | speed-up vs numpy | notes | peak extra memory | floor |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
 
@@ -318,18 +357,17 @@ def main() -> None:
         error = float(((power.cpu() - exact_norms) / exact_norms).abs().max())
         rows.append([f"power iteration ({args.power_iterations} steps, naive)",
                      f"{power_seconds:.1f}", f"max rel. error {error:.1e} (no guarantee)",
-                     _gib(power_peak)])  # fmt: skip
-    for padding in ("circular", "model"):
-        times = []
-        peak = None
-        result = None
-        for repeat in range(args.repeats):
-            seconds, peak_now, result = measured(
-                lambda padding=padding: spectra(padding=padding), device
-            )
-            times.append(seconds)
-            peak = peak_now if repeat == 0 else peak
-        assert result is not None
+                     _gib(power_peak), "n/a"])  # fmt: skip
+    runs = [("certificate", "circular"), ("certificate", "model")]
+    if args.gram:
+        runs.append(("gram", "circular"))
+    seconds_of: dict[tuple[str, str], float] = {}
+    for method, padding in runs:
+        seconds, peak, result = timed(
+            lambda method=method, padding=padding: spectra(padding=padding, norm_method=method),
+            args.repeats if method == "certificate" else 1,
+        )
+        seconds_of[method, padding] = seconds
         norms = torch.tensor([r.spectral_norm for r in result.computed], dtype=torch.float64)
         if padding == "circular":
             gap = float(((norms - exact_norms) / exact_norms).max())
@@ -339,22 +377,22 @@ def main() -> None:
             lower = torch.tensor([r.spectral_norm_lower for r in result.computed])
             note = (f"zero padding: bounds, median bound / certified lower "
                     f"{float((norms / lower).median()):.3f}")  # fmt: skip
-        rows.append([f"filterstats gram, padding={padding}", f"{statistics.median(times):.1f}",
-                     note, _gib(peak)])  # fmt: skip
+        if method == "certificate":
+            cost = _floor(floor["gram_bytes"], floor["certificate_flops"], floor)
+        else:
+            cost = _floor(floor["step_bytes"], floor["step_flops"], floor) + " per step"
+        rows.append([f"filterstats {method}, padding={padding}", f"{seconds:.1f}", note,
+                     _gib(peak), cost])  # fmt: skip
     print("\n## Spectral norms of every layer\n")
-    print("| method | seconds (median) | accuracy | peak extra memory |")
-    print("|---|---|---|---|")
+    print("| method | seconds (median) | accuracy | peak extra memory | floor |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    floor = floors(layers, device)
-    print(
-        f"\nFloor of one Gram step with every frequency open (circular grid): "
-        f"{floor['bytes'] / 2**30:.2f} GiB read and written, {floor['flops'] / 1e9:.0f} GFLOP; "
-        f"at the measured {floor['bandwidth'] / 1e9:.1f} GB/s and "
-        f"{floor['rate'] / 1e9:.1f} GFLOP/s (complex128 matmul, r = 640): "
-        f"{floor['seconds']:.1f} s."
-    )
+    if args.gram:
+        ratio = seconds_of["gram", "circular"] / seconds_of["certificate", "circular"]
+        print(f"\nCertificate vs Gram iteration (circular, same process): {ratio:.1f}x faster.")
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as measured, even in a file
     main()

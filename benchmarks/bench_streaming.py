@@ -155,4 +155,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as measured, even in a file
     main()

@@ -36,27 +36,34 @@ from filterstats.resolve import extract_filters
 from filterstats.results import AnalysisParams, FilterReport, LayerRow, read_report
 from filterstats.scanning import ScanSummary, open_filters, open_store, scan
 from filterstats.spectra import ConvSpectra, conv_spectra
+from filterstats.tracking import CSVSink, FilterHistory, FilterTracker, read_history
+from filterstats.trajectories import TrajectoryComparison, compare_trajectories, trajectory
 from filterstats.zoo.specs import load_model
 
 __all__ = [
     "AnalysisParams",
+    "CSVSink",
     "CheckpointError",
     "Comparison",
     "ConvLayer",
     "ConvSpectra",
     "DepthProfile",
+    "FilterHistory",
     "FilterReport",
     "FilterSet",
     "FilterStatsWarning",
+    "FilterTracker",
     "InitBaseline",
     "LayerMetrics",
     "LayerRow",
     "ScanSummary",
     "SkippedLayer",
+    "TrajectoryComparison",
     "__version__",
     "analyze",
     "assign_depth_bins",
     "compare",
+    "compare_trajectories",
     "conv_spectra",
     "demo",
     "depth_bin_labels",
@@ -75,9 +82,11 @@ __all__ = [
     "open_store",
     "orthogonality",
     "pca_basis",
+    "read_history",
     "read_report",
     "register_effective_weight",
     "report",
     "scan",
     "sparsity",
+    "trajectory",
 ]

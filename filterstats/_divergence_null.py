@@ -16,10 +16,11 @@ depth bin a ``(K, bins)`` array of counts is all that is kept.
   is unaffected (a sum of per-component expectations), the upper quantile is that of
   this product null.
 * **Model-label permutation** (``p_value``): the models (not the kernels) are
-  relabelled, swapping the two members of a pair (paired design) or reassigning
-  models across groups at the groups' sizes (unpaired), and ``D`` is recomputed from
-  the summed per-model counts. It asks whether the two groups differ more than models
-  differ among themselves; the model is the unit of inference.
+  relabelled, swapping the two members of a pair (paired design; pairs that share a
+  twin are permuted together, the twin's role going to one of their models) or
+  reassigning models across groups at the groups' sizes (unpaired), and ``D`` is
+  recomputed from the summed per-model counts. It asks whether the two groups differ
+  more than models differ among themselves; the model is the unit of inference.
 """
 
 from __future__ import annotations
@@ -126,94 +127,157 @@ def kernel_null(
 class LabelPermutations:
     """Relabellings of the models for the permutation test.
 
+    A relabelling gives each distinct model how often it is listed in group a and in
+    group b (its *role*); roles are permuted among exchangeable models: within a pair,
+    or within the models joined by a shared twin (paired), or among all models
+    (unpaired). A twin shared by ``k`` pairs keeps its role of being listed ``k``
+    times: some model of its cluster takes it in every relabelling.
+
     Attributes:
-        assignment: ``(R, m)`` 0/1 matrix: which of the ``m`` listed models (group a's
-            listings, then group b's) go to group a in each relabelling.
-        exact: Whether the rows enumerate every distinct relabelling (then the first
-            is the observed one); otherwise they are ``R`` random ones.
-        n_distinct: Number of distinct relabellings (the observed one included).
+        weights_a: ``(R, n)`` how often each of the ``n`` distinct models is listed in
+            group a, per relabelling.
+        weights_b: ``(R, n)`` the same for group b.
+        exact: Whether the rows enumerate every relabelling (the observed one
+            included); otherwise they are ``R`` random ones.
+        n_distinct: Number of distinct relabellings (the observed one included; a
+            relabelling and its mirror image with the groups exchanged count once,
+            as D is symmetric).
         p_min: Smallest p-value the test can give.
         design: ``"paired"`` or ``"unpaired"``.
     """
 
-    assignment: np.ndarray
+    weights_a: np.ndarray
+    weights_b: np.ndarray
     exact: bool
     n_distinct: int
     p_min: float
     design: str
 
 
+def _arrangements(roles: list[tuple[int, int]]) -> list[tuple[tuple[int, int], ...]]:
+    """Every distinct ordering of a multiset of roles."""
+    counts: dict[tuple[int, int], int] = {}
+    for role in roles:
+        counts[role] = counts.get(role, 0) + 1
+    kinds = sorted(counts)
+    out: list[tuple[tuple[int, int], ...]] = []
+
+    def extend(prefix: list[tuple[int, int]]) -> None:
+        if len(prefix) == len(roles):
+            out.append(tuple(prefix))
+            return
+        for kind in kinds:
+            if counts[kind]:
+                counts[kind] -= 1
+                extend([*prefix, kind])
+                counts[kind] += 1
+
+    extend([])
+    return out
+
+
+def _n_arrangements(roles: list[tuple[int, int]]) -> int:
+    total = math.factorial(len(roles))
+    for role in set(roles):
+        total //= math.factorial(roles.count(role))
+    return total
+
+
 def label_permutations(
-    m_a: int,
-    m_b: int,
+    keys_a: list[object],
+    keys_b: list[object],
     *,
     paired: bool,
     n_permutations: int,
     generator: np.random.Generator,
 ) -> LabelPermutations:
-    """The relabellings of ``m_a + m_b`` listed models (a's listings first).
+    """The relabellings of the listed models (``keys_*`` name each listing's model).
 
-    Paired (``m_a == m_b == k``, pair ``i`` = listing ``i`` of a and of b): swap the two
-    members of any subset of the pairs. Swapping all pairs only exchanges the groups,
-    and ``D`` is symmetric, so there are ``2^(k-1)`` distinct relabellings. Unpaired:
-    any ``m_a`` of the listings form group a: ``C(m_a + m_b, m_a)`` relabellings, half
-    of them distinct when ``m_a == m_b``.
+    Paired (listing ``i`` of a with listing ``i`` of b): models joined by pairs (a
+    pair, or every pair that shares a twin) form a cluster, and roles are permuted
+    within each cluster; with ``k`` plain pairs that is swapping within any subset of
+    pairs, ``2^(k-1)`` distinct relabellings. Unpaired: roles are permuted among all
+    models, ``C(m_a + m_b, m_a)`` relabellings for distinct models (half of them
+    distinct when ``m_a == m_b``).
 
-    Enumerated exactly when there are at most ``n_permutations`` distinct ones; else
-    ``n_permutations`` random relabellings (the observed one not among them).
+    Enumerated exactly when there are at most ``n_permutations`` relabellings; else
+    ``n_permutations`` random ones (each cluster permuted uniformly at random).
 
     Args:
-        m_a: Listed models of group a.
-        m_b: Listed models of group b.
-        paired: Paired design.
+        keys_a: One hashable key per listing of group a (the same model: the same key).
+        keys_b: The same for group b.
+        paired: Paired design (needs ``len(keys_a) == len(keys_b)``).
         n_permutations: Most relabellings to use.
         generator: Seeded source of randomness.
 
     Returns:
-        The [`LabelPermutations`][filterstats._divergence_null.LabelPermutations].
+        The [`LabelPermutations`][filterstats._divergence_null.LabelPermutations];
+        models are in order of first listing (a's listings, then b's).
     """
-    m = m_a + m_b
+    if paired and len(keys_a) != len(keys_b):
+        raise ValueError(
+            f"a paired design needs as many models in a as in b, got {len(keys_a)}, {len(keys_b)}"
+        )
+    index: dict[object, int] = {}
+    for key in [*keys_a, *keys_b]:
+        index.setdefault(key, len(index))
+    n = len(index)
+    count_a = [0] * n
+    count_b = [0] * n
+    for key in keys_a:
+        count_a[index[key]] += 1
+    for key in keys_b:
+        count_b[index[key]] += 1
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
     if paired:
-        if m_a != m_b:
-            raise ValueError(f"a paired design needs as many models in a as in b, got {m_a}, {m_b}")
-        k = m_a
-        n_distinct = 2 ** (k - 1) if k >= 1 else 1
-        if n_distinct <= n_permutations:
-            swaps = np.array(list(itertools.product((0, 1), repeat=max(k - 1, 0))), dtype=np.int8)
-            swaps = np.concatenate([np.zeros((len(swaps), 1), dtype=np.int8), swaps], axis=1)
-            exact = True
-        else:
-            swaps = generator.integers(0, 2, size=(n_permutations, k)).astype(np.int8)
-            exact = False
-        assignment = np.concatenate([1 - swaps, swaps], axis=1)
-        design = "paired"
+        for key_a, key_b in zip(keys_a, keys_b):
+            parent[find(index[key_a])] = find(index[key_b])
     else:
-        total = math.comb(m, m_a)
-        symmetric = m_a == m_b
-        n_distinct = total // 2 if symmetric else total
-        if n_distinct <= n_permutations:
-            if symmetric:  # listing 0 stays in group a: each relabelling once
-                chosen = [(0, *c) for c in itertools.combinations(range(1, m), m_a - 1)]
-            else:
-                chosen = list(itertools.combinations(range(m), m_a))
-            assignment = np.zeros((len(chosen), m), dtype=np.int8)
-            for r, members in enumerate(chosen):
-                assignment[r, list(members)] = 1
-            exact = True
-        else:
-            order = np.argsort(generator.random((n_permutations, m)), axis=1)
-            assignment = np.zeros((n_permutations, m), dtype=np.int8)
-            np.put_along_axis(assignment, order[:, :m_a], 1, axis=1)
-            exact = False
-        design = "unpaired"
-    n_distinct = max(n_distinct, 1)
+        for i in range(1, n):
+            parent[find(i)] = find(0)
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(find(i), []).append(i)
+    clusters = list(members.values())
+    roles = [[(count_a[i], count_b[i]) for i in cluster] for cluster in clusters]
+    total = math.prod(_n_arrangements(r) for r in roles)
+    mirrored = all(sorted(r) == sorted((b, a) for a, b in r) for r in roles)
+    n_distinct = max(total // 2 if mirrored and total > 1 else total, 1)
+    exact = total <= n_permutations
+    if exact:
+        per_cluster = [_arrangements(r) for r in roles]
+        rows = list(itertools.product(*per_cluster))
+        weights_a = np.zeros((len(rows), n), dtype=np.int64)
+        weights_b = np.zeros((len(rows), n), dtype=np.int64)
+        for r, choice in enumerate(rows):
+            for cluster, arrangement in zip(clusters, choice):
+                for model, (ca, cb) in zip(cluster, arrangement):
+                    weights_a[r, model], weights_b[r, model] = ca, cb
+    else:
+        weights_a = np.zeros((n_permutations, n), dtype=np.int64)
+        weights_b = np.zeros((n_permutations, n), dtype=np.int64)
+        for cluster, cluster_roles in zip(clusters, roles):
+            role_a = np.array([ca for ca, _ in cluster_roles])
+            role_b = np.array([cb for _, cb in cluster_roles])
+            order = np.argsort(generator.random((n_permutations, len(cluster))), axis=1)
+            weights_a[:, cluster] = role_a[order]
+            weights_b[:, cluster] = role_b[order]
     if n_distinct < 2:
         p_min = math.nan
     elif exact:
         p_min = 1.0 / n_distinct
     else:
-        p_min = 1.0 / (len(assignment) + 1)
-    return LabelPermutations(assignment, exact, n_distinct, p_min, design)
+        p_min = 1.0 / (n_permutations + 1)
+    return LabelPermutations(
+        weights_a, weights_b, exact, n_distinct, p_min, "paired" if paired else "unpaired"
+    )
 
 
 def permutation_p(
@@ -229,7 +293,8 @@ def permutation_p(
     """Permutation p-value of ``D`` over model relabellings.
 
     Args:
-        per_model: ``(m, K, bins)`` counts of each listed model (a's, then b's).
+        per_model: ``(n, K, bins)`` counts of each distinct model (the order of
+            [`label_permutations`][filterstats._divergence_null.label_permutations]).
         observed: ``D`` of the observed labels.
         permutations: The relabellings.
         edges: Histogram edges.
@@ -245,14 +310,15 @@ def permutation_p(
     if permutations.n_distinct < 2 or not math.isfinite(observed):
         return math.nan
     counts = per_model.reshape(per_model.shape[0], -1).astype(np.float64)
-    total = counts.sum(axis=0)
+    shape = per_model.shape[1:]
     tolerance = 1e-12 * max(abs(observed), 1e-300)
     hits = 0
     valid = 0
-    for start in range(0, len(permutations.assignment), chunk):
-        rows = permutations.assignment[start : start + chunk].astype(np.float64)
-        hist_a = (rows @ counts).reshape(len(rows), *per_model.shape[1:])
-        hist_b = total.reshape(per_model.shape[1:])[None] - hist_a
+    for start in range(0, len(permutations.weights_a), chunk):
+        rows_a = permutations.weights_a[start : start + chunk].astype(np.float64)
+        rows_b = permutations.weights_b[start : start + chunk].astype(np.float64)
+        hist_a = (rows_a @ counts).reshape(len(rows_a), *shape)
+        hist_b = (rows_b @ counts).reshape(len(rows_b), *shape)
         # A relabelling that leaves a group without kernels has no D; it is not counted.
         keep = (hist_a[:, 0].sum(axis=-1) > 0) & (hist_b[:, 0].sum(axis=-1) > 0)
         values = batch_divergence(hist_a[keep], hist_b[keep], edges, floor, weights)

@@ -194,13 +194,25 @@ def html_table(
         The HTML.
     """
     shown = list(records) if max_rows is None else list(records)[:max_rows]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    cells_of = [[html_cell(record.get(column)) for column in columns] for record in shown]
+    # A column of text (names, reasons) is left-aligned, its header too; numbers right.
+    # Inline, so that notebooks (whose style sheets right-align every cell) agree.
+    text_column = [
+        column in wrap or all(kind == "text" for _, kind in (row[i] for row in cells_of))
+        for i, column in enumerate(columns)
+    ]
+    left = ' style="text-align: left"'
+    head = "".join(
+        f"<th{left if is_text else ''}>{html.escape(str(c))}</th>"
+        for c, is_text in zip(columns, text_column)
+    )
     body = []
-    for record in shown:
+    for row in cells_of:
         cells = []
-        for column in columns:
-            text, kind = html_cell(record.get(column))
-            cells.append(f'<td class="{"wrap" if column in wrap else kind}">{text}</td>')
+        for column, (text, kind), is_text in zip(columns, row, text_column):
+            css = "wrap" if column in wrap else kind
+            style = left if kind == "text" or is_text else ""
+            cells.append(f'<td class="{css}"{style}>{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     if len(shown) < len(records):
         more = len(records) - len(shown)

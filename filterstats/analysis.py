@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from filterstats import metric_table
 from filterstats._checks import NanPolicy, check_choice
 from filterstats._version import __version__
+from filterstats._warnings import FilterStatsWarning
 from filterstats.layers import (
     ConvLayer,
     FilterSet,
@@ -25,7 +28,13 @@ from filterstats.metrics import Definition, measure
 from filterstats.resolve import ModelInput, extract_filters
 from filterstats.results import AnalysisParams, FilterReport, LayerRow
 
+if TYPE_CHECKING:
+    from filterstats.spectra import ConvSpectra
+
 __all__ = ["analyze"]
+
+#: Metric columns that ``analyze(..., spectra=True)`` takes from the spectra.
+SPECTRAL_COLUMNS = ("spectral_norm", "stable_rank", "condition_number")
 
 
 def _kernel_text(kernel: tuple[int, ...] | None) -> str:
@@ -62,6 +71,9 @@ def analyze(
     trust_pickle: bool = False,
     baseline: str | None = None,
     baseline_seeds: int | Sequence[int] = 10,
+    spectra: bool = False,
+    input_size: Sequence[int] | None = None,
+    spectra_options: Mapping[str, Any] | None = None,
 ) -> FilterReport:
     """Per-layer sparsity, diversity and orthogonality of a model, as a table.
 
@@ -95,6 +107,17 @@ def analyze(
             spec that builds one. ``None``: no baseline.
         baseline_seeds: Number of re-initialisations ``k >= 2`` (seeds ``0 .. k-1``),
             or the seeds themselves.
+        spectra: Also compute every convolution's spectrum as an operator at its
+            input size ([`conv_spectra`][filterstats.spectra.conv_spectra]) and add
+            the metric columns ``spectral_norm``, ``stable_rank`` and
+            ``condition_number`` to the measured rows (NaN for a layer whose spectrum
+            was skipped); the whole spectra table (method, bounds, skipped layers
+            with reasons) is ``report.spectra``. Needs an ``nn.Module`` (or a spec
+            that builds one) and ``input_size``.
+        input_size: One model input without the batch, e.g. ``(3, 32, 32)``; needed
+            with ``spectra=True``.
+        spectra_options: More options for ``conv_spectra`` (``padding``, ``tol``,
+            ``singular_values=True`` for condition numbers, ``dtype``, ...).
 
     Returns:
         A frozen [`FilterReport`][filterstats.FilterReport]; print it for a table,
@@ -120,6 +143,13 @@ def analyze(
         module = baselines.require_architecture(model, trust_pickle=trust_pickle)
         if isinstance(model, (str, os.PathLike)):
             label = label or os.fspath(model)
+    if spectra and input_size is None:
+        raise ValueError(
+            "`spectra=True` needs `input_size`, one model input without the batch, e.g. "
+            "input_size=(3, 32, 32): the operator of a convolution depends on its input size."
+        )
+    if not isinstance(spectra, bool):
+        raise TypeError(f"`spectra` must be True or False, got {spectra!r}.")
     filters: FilterSet = extract_filters(
         model if module is None else module, kernel_size=kernel_size,
         example_inputs=example_inputs, depth=depth, trust_pickle=trust_pickle,
@@ -169,6 +199,13 @@ def analyze(
         depth_method=filters.depth_method,
         version=__version__,
     )
+    spectrum = None
+    if spectra:
+        assert input_size is not None
+        spectrum = _spectra_of(model if module is None else module, input_size, spectra_options,
+                               device=device)  # fmt: skip
+        rows = _with_spectra(rows, spectrum)
+        params = replace(params, spectra=json.dumps(asdict(spectrum.params), sort_keys=True))
     found = None
     if module is not None:
         found = baselines.compute_baseline(
@@ -177,4 +214,49 @@ def analyze(
             measure_options={"eps": eps, "definition": definition, "normalize": normalize,
                              "nan_policy": nan_policy},
         )  # fmt: skip
-    return FilterReport(tuple(rows), params, baseline=found)
+    return FilterReport(tuple(rows), params, baseline=found, spectra=spectrum)
+
+
+def _spectra_of(
+    model: Any,
+    input_size: Sequence[int],
+    options: Mapping[str, Any] | None,
+    *,
+    device: str | torch.device | None,
+) -> ConvSpectra:
+    from filterstats.spectra import conv_spectra
+
+    kwargs: dict[str, Any] = {"progress": False, "device": device}
+    kwargs.update(options or {})
+    for key in ("model", "input_size"):
+        if key in kwargs:
+            raise ValueError(f"`spectra_options` must not hold {key!r}; pass it to analyze.")
+    return conv_spectra(model, input_size=tuple(input_size), **kwargs)
+
+
+def _with_spectra(rows: list[LayerRow], spectrum: ConvSpectra) -> list[LayerRow]:
+    """The measured rows with the spectral metric columns; skipped spectra warned of."""
+    by_name = {row.layer: row for row in spectrum.rows}
+    missing: list[str] = []
+    out = []
+    for row in rows:
+        if row.status != "ok":
+            out.append(row)
+            continue
+        found = by_name.get(row.layer)
+        if found is None or found.status != "ok":
+            reason = found.reason if found is not None else "no spectrum row"
+            missing.append(f"{row.layer} ({reason})")
+            values = dict.fromkeys(SPECTRAL_COLUMNS, math.nan)
+        else:
+            values = {name: float(getattr(found, name)) for name in SPECTRAL_COLUMNS}
+        out.append(replace(row, metrics={**row.metrics, **values}))
+    if missing:
+        warnings.warn(
+            f"spectra of {len(missing)} measured layer(s) were skipped, their spectral "
+            f"columns are NaN: {'; '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+            "(all listed in report.spectra.skipped).",
+            FilterStatsWarning,
+            stacklevel=3,
+        )
+    return out

@@ -50,7 +50,7 @@ from filterstats import metric_table
 from filterstats._files import atomic_write_text
 from filterstats._optional import require
 from filterstats._tables import RowTable, csv_value, html_table, json_value
-from filterstats._text import fmt, render_table
+from filterstats._text import fmt, plural, render_table
 from filterstats.layers import ConvLayer, KernelSelection
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class InitBaseline(RowTable):
         models = ", ".join(dict.fromkeys(row.model for row in self.rows)) or "empty"
         n_layers = len(self.layers)
         return (
-            f"InitBaseline: {models} — {n_layers} layers against {self.n_seeds} "
+            f"InitBaseline: {models} — {plural(n_layers, 'layer')} against {self.n_seeds} "
             f"re-initialisations ({self.method}, seeds {_seeds_text(self.seeds)}), "
             f"{len(self.skipped)} skipped; z = (value - init mean) / init std (ddof={STD_DDOF})"
         )

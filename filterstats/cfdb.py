@@ -341,7 +341,7 @@ class FilterGroups(Mapping[Any, tuple[FilterSet, ...]]):
         return len(self.groups)
 
     def __repr__(self) -> str:
-        parts = [f"{value!r}: {len(sets)} models" for value, sets in self.groups[:10]]
+        parts = [f"{value!r}: {plural(len(sets), 'model')}" for value, sets in self.groups[:10]]
         more = f", ... {len(self.groups) - 10} more" if len(self.groups) > 10 else ""
         return f"FilterGroups(by {', '.join(self.by)}: {', '.join(parts)}{more})"
 

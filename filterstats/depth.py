@@ -11,6 +11,13 @@ Three ways to get the graph, tried in this order by ``method="auto"``:
 2. ``"forward"``: one forward pass on ``example_inputs`` under ``torch.no_grad`` and
    eval mode, following every tensor operation (modes restored afterwards);
 3. ``"registration"``: module registration order, with a warning.
+
+TorchScript modules (``torch.jit.trace``, ``torch.jit.script``, ``torch.jit.load``)
+neither trace with ``torch.fx`` nor run forward hooks on their submodules: for
+them ``"auto"`` and ``"forward"`` read the graph that their forward runs (its
+inlined TorchScript graph, see ``filterstats._torchscript``; nothing runs, no
+input needed), recorded as ``"torchscript"``; when that graph hides calls, depth
+falls back to registration order with a warning.
 """
 
 from __future__ import annotations
@@ -25,9 +32,16 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from filterstats._modes import eval_mode
+from filterstats._torchscript import conv_calls
 from filterstats._warnings import FilterStatsWarning
 
-__all__ = ["conv_depth_ranks", "forward_depths", "fx_depths", "graph_depths"]
+__all__ = [
+    "conv_depth_ranks",
+    "forward_depths",
+    "fx_depths",
+    "graph_depths",
+    "torchscript_depths",
+]
 
 
 def fx_depths(
@@ -151,6 +165,41 @@ def forward_depths(
     return result
 
 
+def torchscript_depths(
+    model: torch.jit.ScriptModule, conv_names: dict[nn.Module, list[str]]
+) -> dict[str, int]:
+    """Depth of every convolution a TorchScript module's forward calls, from its graph.
+
+    Args:
+        model: A ``torch.jit.ScriptModule`` (traced, scripted or loaded).
+        conv_names: ``{conv module: [its names]}``.
+
+    Returns:
+        ``{module path: depth}``; convolutions the graph never calls are absent.
+
+    Raises:
+        RuntimeError: The graph cannot be read or hides calls (see
+            ``filterstats._torchscript.conv_calls``).
+    """
+    by_path = dict(model.named_modules(remove_duplicate=False))
+    result: dict[str, int] = {}
+    for call in conv_calls(model):
+        module = by_path.get(call.path) if call.path is not None else None
+        if module is None or module not in conv_names or call.depth is None:
+            continue
+        for name in conv_names[module]:
+            result[name] = max(result.get(name, 0), call.depth)
+    return result
+
+
+def _hidden_convs(conv_names: dict[nn.Module, list[str]]) -> list[str]:
+    """Convolutions inside TorchScript modules, which fx and forward hooks do not see."""
+    return [
+        names[0] for module, names in conv_names.items()
+        if isinstance(module, torch.jit.ScriptModule)
+    ]  # fmt: skip
+
+
 def graph_depths(
     model: nn.Module,
     conv_names: dict[nn.Module, list[str]],
@@ -165,43 +214,65 @@ def graph_depths(
         model: The (unwrapped) model.
         conv_names: ``{conv module: [its names]}`` in registration order.
         is_conv: Predicate for convolution modules.
-        method: ``"auto"``, ``"fx"``, ``"forward"`` or ``"registration"``.
-        example_inputs: Input for ``"forward"``.
+        method: ``"auto"``, ``"fx"``, ``"forward"`` or ``"registration"``; for a
+            TorchScript module ``"auto"`` and ``"forward"`` read its graph.
+        example_inputs: Input for ``"forward"`` (not needed for TorchScript).
 
     Returns:
-        ``({module path: depth}, method used)``.
+        ``({module path: depth}, method used)``: ``"fx"``, ``"forward"``,
+        ``"torchscript"`` or ``"registration"``.
     """
     errors: list[str] = []
-    if method in ("auto", "fx"):
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    hidden = _hidden_convs(conv_names)
+    if method == "registration":
+        return _registration(conv_names), "registration"
+    if isinstance(model, torch.jit.ScriptModule) and method in ("auto", "forward"):
         try:
-            return fx_depths(model, is_conv, conv_names), "fx"
-        except Exception as error:  # tracing fails in many legitimate ways
-            if method == "fx":
-                raise RuntimeError(
-                    f"torch.fx could not trace {type(model).__name__}: {error}. Pass "
-                    "`example_inputs=` and depth='forward', or depth='registration'."
-                ) from error
-            errors.append(f"fx: {type(error).__name__}: {error}")
-    if method in ("auto", "forward") and example_inputs is not None:
-        try:
-            return forward_depths(model, example_inputs, conv_names), "forward"
-        except Exception as error:
-            if method == "forward":
-                raise
-            errors.append(f"forward: {type(error).__name__}: {error}")
-    elif method == "forward":
-        raise ValueError("depth='forward' needs `example_inputs=` (a tensor or tuple).")
-    if method == "auto":
-        reason = "; ".join(errors) or "no graph"
-        hint = "" if example_inputs is not None else " Pass `example_inputs=` for a forward pass."
-        warnings.warn(
-            f"depth of {type(model).__name__} taken from module registration order "
-            f"({reason[:300]}).{hint}",
-            FilterStatsWarning,
-            stacklevel=4,
-        )
+            return torchscript_depths(model, conv_names), "torchscript"
+        except Exception as error:  # a graph that hides calls: no reliable order
+            errors.append(f"torchscript: {type(error).__name__}: {error}")
+    elif hidden and method in ("auto", "forward"):
+        # TorchScript submodules in an eager model: fx and forward hooks do not see
+        # their convolutions, which would look "never called".
+        errors.append(f"convolutions inside TorchScript submodules: {', '.join(hidden[:5])}")
+    else:
+        if method in ("auto", "fx"):
+            try:
+                return fx_depths(model, is_conv, conv_names), "fx"
+            except Exception as error:  # tracing fails in many legitimate ways
+                if method == "fx":
+                    raise RuntimeError(
+                        f"torch.fx could not trace {type(model).__name__}: {error}. Pass "
+                        "`example_inputs=` and depth='forward', or depth='registration'."
+                    ) from error
+                errors.append(f"fx: {type(error).__name__}: {error}")
+        if method in ("auto", "forward") and example_inputs is not None:
+            try:
+                return forward_depths(model, example_inputs, conv_names), "forward"
+            except Exception as error:
+                if method == "forward":
+                    raise
+                errors.append(f"forward: {type(error).__name__}: {error}")
+        elif method == "forward":
+            raise ValueError("depth='forward' needs `example_inputs=` (a tensor or tuple).")
+    reason = "; ".join(errors) or "no graph"
+    hint = (
+        " Pass `example_inputs=` for a forward pass."
+        if example_inputs is None and not scripted and not hidden else ""
+    )  # fmt: skip
+    warnings.warn(
+        f"depth of {type(model).__name__} taken from module registration order "
+        f"({reason[:300]}).{hint}",
+        FilterStatsWarning,
+        stacklevel=4,
+    )
+    return _registration(conv_names), "registration"
+
+
+def _registration(conv_names: dict[nn.Module, list[str]]) -> dict[str, int]:
     names = [name for names in conv_names.values() for name in names]
-    return {name: index for index, name in enumerate(names)}, "registration"
+    return {name: index for index, name in enumerate(names)}
 
 
 def conv_depth_ranks(depths: dict[str, int]) -> dict[str, tuple[int, float]]:

@@ -46,7 +46,7 @@ from filterstats._divergence_null import (
 from filterstats._files import atomic_write_text
 from filterstats._modes import eval_mode
 from filterstats._tables import RowTable, html_table, json_value
-from filterstats._text import fmt, render_table
+from filterstats._text import fmt, plural, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
 from filterstats.layers import ConvLayer, FilterSet
 from filterstats.resolve import extract_filters, runnable_module
@@ -391,16 +391,26 @@ def _histogram_counts(coefficients: Tensor, edges: np.ndarray) -> Tensor:
     """Per-column counts ``(K, bins)`` exactly as ``numpy.histogram`` bins them.
 
     Bin ``i`` holds ``edges[i] <= x < edges[i + 1]``; the last bin also holds the upper
-    edge; values outside are not counted.
+    edge; values outside are not counted. As numpy does for equal bins: the bin from
+    ``(x - low) * bins / (high - low)``, then moved by one where the edges disagree
+    (several times faster than a binary search over the edges).
     """
     bins = len(edges) - 1
     edge = torch.as_tensor(edges, dtype=torch.float64, device=coefficients.device)
     values = coefficients.to(torch.float64)
-    inside = (values >= edge[0]) & (values <= edge[-1])
-    index = (torch.bucketize(values, edge, right=True) - 1).clamp(0, bins - 1)
+    low, high = float(edges[0]), float(edges[-1])
     width = values.shape[1]
-    flat = (index + torch.arange(width, device=values.device) * bins)[inside]
-    return torch.bincount(flat, minlength=width * bins).reshape(width, bins).cpu()
+    # Truncation is the floor for x >= low; anything below is outside and clamped.
+    index = ((values - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
+    index -= (values < torch.take(edge, index)).long()
+    index.clamp_(0, bins - 1)
+    index += ((values >= torch.take(edge, index + 1)) & (index != bins - 1)).long()
+    # Values outside the range go to one extra bin, dropped after counting.
+    outside = (values < low) | (values > high)
+    flat = index + torch.arange(width, device=values.device) * bins
+    flat.masked_fill_(outside, width * bins)
+    counts = torch.bincount(flat.reshape(-1), minlength=width * bins + 1)
+    return counts[: width * bins].reshape(width, bins).cpu()
 
 
 def _probabilities(counts: np.ndarray, edges: np.ndarray, floor: float) -> np.ndarray:
@@ -477,8 +487,9 @@ NULL_DEFINITION = (
     "null_mean/null_q95: mean and 95th percentile of D over n_null random reassignments "
     "of the pooled kernels of the bin to groups of sizes n_a and n_b (per component, "
     "hypergeometric from the pooled histogram counts); corrected = divergence - null_mean; "
-    "p_value: permutation test of D over relabellings of the models (swaps within pairs "
-    "when paired, reassignment across groups otherwise), from per-model histogram counts; "
+    "p_value: permutation test of D over relabellings of the models (swaps within pairs, "
+    "and among the models of pairs sharing a twin, when paired; reassignment across groups "
+    "otherwise), from per-model histogram counts; "
     "p_adjusted: Holm over the depth bins; baseline_a/b: mean corrected D between two "
     "models of the same group"
 )
@@ -621,7 +632,7 @@ class DivergenceByDepth(RowTable):
             if self.permutations == "exact"
             else f"{self.n_permutations} random relabellings of {self.n_relabellings}"
         )
-        unit = f"{a} pairs" if self.design == "paired" else f"{a} vs {b} models"
+        unit = plural(a, "pair") if self.design == "paired" else f"{a} vs {plural(b, 'model')}"
         return (
             f"p_value over {how} of {unit} ({self.design}); smallest attainable p {self.p_min:.4g}"
         )
@@ -851,8 +862,9 @@ def filter_divergence(
         kernel_size: Kernel size to select.
         paired: Model ``i`` of a and model ``i`` of b form a pair (the paper's robust
             models and their normal twins); the permutation test then swaps within
-            pairs. ``None``: paired when both lists have the same length and
-            ``twins="per_pair"``.
+            pairs, and among the models of pairs that share a twin (the shared twin's
+            role, listed once per pair, goes to one of them). ``None``: paired when
+            both lists have the same length and ``twins="per_pair"``.
         n_null: Random kernel reassignments per bin for ``null_mean``/``null_q95``
             (and per model pair for the baselines); 0 skips the nulls.
         n_permutations: Model relabellings at most; all distinct ones are enumerated
@@ -908,8 +920,8 @@ def filter_divergence(
     zero = np.zeros((width, bins), dtype=np.int64)
     listed = src_a + src_b
     relabel = label_permutations(
-        len(src_a), len(src_b), paired=paired, n_permutations=n_permutations,
-        generator=np.random.default_rng([seed, 0, 2]),
+        [id(s) for s in src_a], [id(s) for s in src_b], paired=paired,
+        n_permutations=n_permutations, generator=np.random.default_rng([seed, 0, 2]),
     )  # fmt: skip
     groups_unique = (_unique(src_a), _unique(src_b))
     rows = []
@@ -928,9 +940,9 @@ def filter_divergence(
         null_mean, null_q95 = _null_summary(
             hist_a + hist_b, n_a, n_null, edges, floor, weights, _bin_generator(seed, index, 0)
         )
-        p_value = permutation_p(
-            per_model, value, relabel, edges=edges, floor=floor, weights=weights
-        )
+        # Per distinct model, in the order of first listing (as `relabel` has them).
+        distinct = np.stack([counts[id(s)].get(label, zero) for s in everything])
+        p_value = permutation_p(distinct, value, relabel, edges=edges, floor=floor, weights=weights)
         baselines = [
             _baseline(
                 [counts[id(s)].get(label, zero) for s in group], n_null, edges, floor, weights,

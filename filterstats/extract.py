@@ -29,6 +29,7 @@ from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import parametrize
 
 from filterstats._modes import eval_mode
+from filterstats._torchscript import conv_calls
 from filterstats._warnings import FilterStatsWarning
 from filterstats.checkpoints import UnorderedStateDict, strip_wrapper_prefixes
 from filterstats.depth import conv_depth_ranks, graph_depths
@@ -49,6 +50,12 @@ _SCRIPTED_CONVS = {
 }  # fmt: skip
 #: Where a LightningModule's class may live (it is recognised without importing Lightning).
 _LIGHTNING_MODULES = ("lightning.pytorch.", "pytorch_lightning.", "lightning.")
+#: Depth methods that see which convolutions forward calls, and the graph each reads.
+_GRAPH_METHODS = {
+    "fx": "the graph traced by fx",
+    "forward": "the graph traced by forward",
+    "torchscript": "its TorchScript graph",
+}
 #: Values compared to find equal (shared) weights before a full comparison.
 _PROBES = 64
 
@@ -201,31 +208,81 @@ def _read_conv(name: str, module: nn.Module) -> ConvLayer | SkippedLayer:
     if not isinstance(weight, Tensor) or weight.ndim < 3:
         return SkippedLayer(name, module_type, "weight is not a convolution kernel tensor")
     weight, reason = _usable(weight)
-    transposed = bool(getattr(module, "transposed", False))
-    groups = int(getattr(module, "groups", 1) or 1)
+    if _is_scripted_conv(module):
+        groups, stride, transposed = _scripted_meta(module, module_type)
+    else:
+        transposed = bool(getattr(module, "transposed", False))
+        groups = int(getattr(module, "groups", 1) or 1)
+        stride = _as_tuple(getattr(module, "stride", None), weight.ndim - 2)
     if reason:  # what is known of the layer stays on its row: its shape is
         kernel = tuple(int(k) for k in weight.shape[2:])
         first, second = int(weight.shape[0]), int(weight.shape[1])
-        in_channels, out_channels = (
-            (first, second * groups) if transposed else (second * groups, first)
-        )
+        if transposed and groups is None:  # which dimension is which is unknown
+            return SkippedLayer(name, module_type, reason, kernel_size=kernel)
+        if transposed:
+            in_channels, out_channels = first, second * (groups or 1)
+        else:  # groups unknown: the input channels of one group, as for state dicts
+            in_channels, out_channels = second * (groups or 1), first
         return SkippedLayer(
             name, module_type, reason, in_channels=in_channels, out_channels=out_channels,
             groups=groups, kernel_size=kernel,
         )  # fmt: skip
-    weight = _out_by_in(weight, transposed, groups)
+    if groups is None and transposed:
+        kernel = tuple(int(k) for k in weight.shape[2:])
+        reason = (
+            "transposed convolution whose groups are unknown (not in its TorchScript graph): "
+            "its weight cannot be put in out x in order; pass the eager module"
+        )
+        return SkippedLayer(name, module_type, reason, kernel_size=kernel)
+    weight = _out_by_in(weight, transposed, groups or 1)
     kernel = tuple(int(k) for k in weight.shape[2:])
     return ConvLayer(
         name=name,
         module_type=module_type,
         weight=weight,
-        in_channels=int(weight.shape[1] * groups),
+        # Groups unknown: the input channels of one group, as for state dicts.
+        in_channels=int(weight.shape[1] * (groups or 1)),
         out_channels=int(weight.shape[0]),
         groups=groups,
         kernel_size=kernel,
-        stride=_as_tuple(getattr(module, "stride", None), len(kernel)),
+        stride=stride,
         transposed=transposed,
     )
+
+
+def _scripted_meta(
+    module: nn.Module, module_type: str
+) -> tuple[int | None, tuple[int, ...] | None, bool]:
+    """``(groups, stride, transposed)`` of a TorchScript convolution.
+
+    Scripted convolutions keep their attributes; traced ones (``torch.jit.trace``,
+    also after ``torch.jit.load``) keep none, so they are read from the arguments of
+    the module's own convolution call in its graph. ``None`` when neither says (or
+    its calls disagree): unknown, never a guess.
+    """
+    calls: list[Any] = []
+
+    def agreed(field: str) -> Any:
+        if not calls:
+            try:
+                found = conv_calls(module)  # type: ignore[arg-type]
+            except Exception:  # no forward graph (a traced module forward never called)
+                found = []
+            calls.extend([call for call in found if call.path == ""] or [None])
+        values = {getattr(call, field, None) for call in calls}
+        return values.pop() if len(values) == 1 else None
+
+    groups = getattr(module, "groups", None)
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        groups = agreed("groups")
+    stride = getattr(module, "stride", None)
+    stride = _as_tuple(stride, 0) if stride is not None else agreed("stride")
+    transposed = getattr(module, "transposed", None)
+    if not isinstance(transposed, bool):
+        transposed = agreed("transposed")
+    if not isinstance(transposed, bool):
+        transposed = module_type.startswith("ConvTranspose")
+    return groups, stride, transposed
 
 
 def shared_weights(weights: Sequence[Tensor]) -> dict[int, int]:
@@ -360,10 +417,10 @@ def filters_from_module(
             "conv_depth": None if rank is None else rank[0],
             "conv_depth_norm": None if rank is None else rank[1],
         }
-        if isinstance(item, ConvLayer) and method in ("fx", "forward") and rank is None:
+        if isinstance(item, ConvLayer) and method in _GRAPH_METHODS and rank is None:
             # As the paper's exported graphs: a conv that forward never calls (e.g. an
             # unused branch) is not part of the network.
-            reason = f"never called in forward (not in the graph traced by {method})"
+            reason = f"never called in forward (not in {_GRAPH_METHODS[method]})"
             placed.append(SkippedLayer.of(item, reason))
             continue
         placed.append(replace(item, **values))

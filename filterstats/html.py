@@ -174,6 +174,29 @@ def _inference_note(summary: Any) -> str:
     )
 
 
+def _skipped_of_models(obj: Comparison) -> list[str]:
+    """Every convolution of the compared models that was not analysed, with its reason."""
+    reports = {id(r): (side, r) for side, group in zip(obj.labels, (obj.reports_a, obj.reports_b))
+               for r in group}  # fmt: skip
+    records = [
+        {"group": side, **record}
+        for side, report in reports.values()
+        for record in report.to_records()
+        if record["status"] != "ok"
+    ]
+    if not records:
+        return []
+    ident = ["group", "model", "layer", "module_type", "kernel_size", "in_channels",
+             "out_channels", "groups", "conv_depth_norm", "reason"]  # fmt: skip
+    columns = [c for c in ident if c in records[0]]
+    return [
+        "<h2>Skipped convolutions</h2>",
+        f'<p class="meta">{len(records)} convolution(s) of the compared models not analysed, '
+        "with the reason.</p>",
+        _table("skipped", records, columns, wrap=("reason",)),
+    ]
+
+
 def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> list[str]:
     summary = obj.summary()
     depth = obj.by_depth()
@@ -217,6 +240,7 @@ def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> lis
     if obj.unmatched:
         items = "".join(f"<li>{html.escape(u)}</li>" for u in obj.unmatched)
         parts += ["<h2>Unmatched units</h2>", f"<ul>{items}</ul>"]
+    parts += _skipped_of_models(obj)
     if figures:
         from filterstats.plotting import plot_divergence
 

@@ -228,7 +228,7 @@ class FilterSet(Sequence[ConvLayer]):
     Attributes:
         layers: Selected layers, in ``named_modules()`` order.
         skipped: Convolutions not selected, each with its reason, in model order.
-        depth_method: How depths were obtained: ``"fx"``, ``"forward"``,
+        depth_method: How depths were obtained: ``"fx"``, ``"forward"``, ``"torchscript"``,
             ``"onnx"``, ``"registration"`` or ``"state_dict"``.
         source: Description of the input (model class name, file name).
         kernel_size: The kernel-size selection applied (``None``: every size).

@@ -41,6 +41,9 @@ class Metric:
             higher, ``-1`` lower, ``0`` none stated.
         default: Shown in printed tables and compared by default.
         digits: Decimals in printed tables.
+        needs: ``""``: computed by every ``analyze``; ``"spectra"``: only by
+            ``analyze(..., spectra=True)`` (from
+            [`conv_spectra`][filterstats.spectra.conv_spectra]).
     """
 
     name: str
@@ -54,6 +57,7 @@ class Metric:
     direction: int = 0
     default: bool = False
     digits: int = 4
+    needs: str = ""
 
     def weight_column(self, *, drop_sparse: bool = True) -> str | None:
         """The layer column that weights this metric when layers are pooled.
@@ -159,6 +163,35 @@ METRICS: tuple[Metric, ...] = (
         weight="n_nonsparse",
         weight_if_sparse_kept="n_filters",
         direction=-1,
+    ),
+    Metric(
+        "spectral_norm",
+        "spectral norm",
+        "Operator 2-norm of the convolution at its input size (bias excluded): exact or a "
+        "certified upper bound (the spectra's method column says which).",
+        low=0.0,
+        weight="out_channels",
+        needs="spectra",
+    ),
+    Metric(
+        "stable_rank",
+        "operator stable rank",
+        "||A||_F^2 / ||A||_2^2 of the convolution operator (a lower bound when the norm "
+        "is a bound).",
+        low=1.0,
+        weight="out_channels",
+        needs="spectra",
+        digits=2,
+    ),
+    Metric(
+        "condition_number",
+        "condition number",
+        "sigma_max / sigma_min of the operator; NaN unless all singular values were "
+        "computed for an exact method.",
+        low=1.0,
+        weight=None,
+        needs="spectra",
+        digits=2,
     ),
 )
 

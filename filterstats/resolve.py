@@ -122,8 +122,11 @@ def extract_filters(
 
     Depth: the longest path from the input in the traced graph (see
     [`filterstats.depth`][]); ``conv_depth`` ranks it among all convolutions'
-    depths (every kernel size). State dicts have no graph: their depth is the
-    position in the dict.
+    depths (every kernel size). TorchScript models (traced, scripted, loaded) take
+    it from their inlined TorchScript graph (``depth_method="torchscript"``, no
+    input needed), and traced convolutions their groups and stride from its
+    convolution calls. State dicts have no graph: their depth is the position in
+    the dict.
 
     No silent skips: every convolution not selected (other kernel size, lazy or meta
     weights, integer weights without a scale, a weight shared with an earlier layer,
@@ -140,7 +143,7 @@ def extract_filters(
             tuple such as ``(3, 3, 3)``), or ``None`` for every size. A
             ``FilterSet`` already selected keeps its narrower selection.
         example_inputs: Input(s) for a forward pass, used for depth when the model
-            does not trace with ``torch.fx``.
+            does not trace with ``torch.fx`` (not needed for TorchScript models).
         depth: ``"auto"``, ``"fx"``, ``"forward"`` or ``"registration"``.
         trust_pickle: For files that need pickled code to load: allow it (can run
             arbitrary code; only for files from a source you trust).

@@ -33,6 +33,7 @@ from filterstats.layers import layer_kind
 
 if TYPE_CHECKING:
     from filterstats.baseline import InitBaseline
+    from filterstats.spectra import ConvSpectra
 
 __all__ = [
     "COLUMNS",
@@ -123,7 +124,8 @@ _AFTER = ("shared_with",)
 _TYPES = {f.name: str(f.type) for f in _META}
 
 #: Column names of a table holding every metric of the metric table, in order.
-COLUMNS = (*_BEFORE, *metric_table.names(), *_AFTER)
+#: Metrics that need an option of ``analyze`` (``spectra=True``) are not among them.
+COLUMNS = (*_BEFORE, *(m.name for m in metric_table.METRICS if not m.needs), *_AFTER)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ class AnalysisParams:
         strict: Sparse is ``<`` rather than ``<=``.
         nan_policy: How non-finite weights were handled.
         depth_method: How depths were obtained.
+        spectra: With ``analyze(..., spectra=True)``: the spectra's parameters as
+            JSON (input size, padding, tol, method, dtype, ...); empty otherwise.
         version: filterstats version.
         schema_version: Table layout version.
     """
@@ -154,6 +158,7 @@ class AnalysisParams:
     strict: bool = False
     nan_policy: str = "propagate"
     depth_method: str = ""
+    spectra: str = ""
     version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -173,11 +178,16 @@ class FilterReport(Sequence[LayerRow]):
             printed after the table, and four columns per metric in the exports
             (``<metric>_init_mean``, ``_init_std``, ``_init_diff``, ``_init_z``).
             ``None``: no baseline.
+        spectra: With ``analyze(..., spectra=True)``: the
+            [`ConvSpectra`][filterstats.spectra.ConvSpectra] the spectral columns came
+            from (method, bounds and skipped layers per convolution); ``None``
+            otherwise.
     """
 
     rows: tuple[LayerRow, ...]
     params: AnalysisParams = field(default_factory=AnalysisParams)
     baseline: InitBaseline | None = None
+    spectra: ConvSpectra | None = None
 
     # ---------------------------------------------------------------- sequence
     def __len__(self) -> int:

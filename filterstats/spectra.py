@@ -6,9 +6,10 @@ size, which the statistics of the 3x3 kernels do not see.
 [`conv_spectra`][filterstats.spectra.conv_spectra] finds every convolution's input size
 from one shape pass of the model and computes, per layer:
 
-- the spectral norm (a certified upper bound within a stated tolerance, by the Gram
-  iteration of Delattre et al., ICML 2023), or all singular values (Sedghi, Gupta &
-  Long, ICLR 2019) with ``singular_values=True``;
+- the spectral norm (a certified upper bound within a stated tolerance: Cholesky
+  certificates of the per-frequency Gram matrices, or the Gram iteration of Delattre
+  et al., ICML 2023, with ``norm_method="gram"``), or all singular values (Sedghi,
+  Gupta & Long, ICLR 2019) with ``singular_values=True``;
 - exact values where the operator is (block-)circulant: circular padding with a
   stride that divides the input (a polyphase reshaping), and convolutions without
   padding whose kernel is no longer than the stride (1x1, patch embeddings);
@@ -70,11 +71,17 @@ DEFINITION = (
 )
 
 Padding = Literal["model", "circular"]
+NormMethod = Literal["certificate", "gram"]
 
 # The most matrices' worth of work memory per batch (bytes), by default.
 DEFAULT_MAX_MEMORY = 256 * 2**20
 # Frequencies per layer iterated first, to find the layer's lower bound.
 _LEADING_FREQUENCIES = 4
+# Lanczos steps at every frequency (ranking) and at the leading ones (certificate method).
+_RANKING_STEPS = 8
+_LANCZOS_STEPS = 32
+# Gram matrices up to this size get all their eigenvalues at once.
+_DIRECT_SIZE = 32
 
 
 # --------------------------------------------------------------------------- rows
@@ -121,8 +128,10 @@ class SpectrumRow:
             (and the norm is not), NaN when unknown or for a zero operator.
         frobenius_norm: ``||A||_F`` of the operator, exact for every method.
         n_singular_values: ``min(rows, columns)`` of the operator's matrix.
-        gram_steps: Gram steps taken by the slowest frequency (0: none needed;
-            ``max_steps + 1``: finished by the eigensolver).
+        gram_steps: Work of the slowest frequency. ``norm_method="certificate"``: 0
+            (settled by the trace), 1 (certified below ``(1 + tol / 8)`` times the
+            lower bound), 2 (below ``(1 + tol)`` times it), 3 (eigensolver).
+            ``norm_method="gram"``: Gram steps (``max_steps + 1``: eigensolver).
     """
 
     layer: str
@@ -167,9 +176,14 @@ class SpectraParams:
         input_size: Model input size without the batch, ``"3x32x32"``.
         padding: ``"model"`` (each module's padding) or ``"circular"`` (assumed).
         singular_values: Whether all singular values were computed.
-        tol: Relative tolerance of the Gram iteration's bracket.
-        max_steps: Gram steps per frequency before the eigensolver settles the rest.
-        dtype: Floating dtype of the computation.
+        norm_method: How spectral norms were certified without all singular values:
+            ``"certificate"`` (Cholesky certificates of the Gram matrices, float64) or
+            ``"gram"`` (the Gram iteration).
+        tol: Relative tolerance of the certified bracket.
+        max_steps: Gram steps per frequency before the eigensolver settles the rest
+            (``norm_method="gram"``).
+        dtype: Floating dtype of the computation (of the singular values and of the
+            Gram iteration; the certificates are float64).
         shape_pass: How input sizes were found: ``"fake"`` (fake tensors, nothing
             computed) or ``"forward"`` (one forward pass on zeros).
         depth_method: How conv depths were obtained.
@@ -182,6 +196,7 @@ class SpectraParams:
     input_size: str = ""
     padding: str = "model"
     singular_values: bool = False
+    norm_method: str = "certificate"
     tol: float = 1e-3
     max_steps: int = 6
     dtype: str = "float64"
@@ -683,9 +698,17 @@ def _singular_values_of(
 ) -> _GroupResult:
     """All singular values of layers of one shape, batched over layers and frequencies.
 
-    Memory: at most ``max_memory`` bytes of transfer matrices (and the SVD's work
-    arrays, counted as three more copies) at once.
+    float64: the eigenvalues of the Hermitian Gram matrices of the smaller side, built
+    from the kernel's tap cross-products (``_spectral.offset_grams``), by a batched
+    ``eigvalsh`` (about twice as fast as ``svdvals`` of the transfer matrices; singular
+    values are accurate to about ``1e-7 sigma_1`` absolute, ``sqrt(r eps) sigma_1`` for
+    the smallest). float32: ``svdvals`` of the complex64 transfer matrices.
+
+    Memory: at most ``max_memory`` bytes of transfer (or Gram) matrices and the
+    solver's work arrays (counted as three more copies) at once.
     """
+    if dtype == torch.float64:
+        return _singular_values_by_gram(operators, max_memory=max_memory)
     taps, phases, _, _, _ = _group_frequencies(operators, dtype)
     layers, _, groups, p, q = taps.shape
     frequencies = phases.shape[0]
@@ -710,6 +733,36 @@ def _singular_values_of(
     )
 
 
+def _singular_values_by_gram(operators: Sequence[_Operator], *, max_memory: int) -> _GroupResult:
+    """All singular values as square roots of the Gram matrices' eigenvalues (float64)."""
+    taps, grid_taps = _taps(operators, torch.float64)
+    plan = operators[0].plan
+    layers, _, groups, p, q = taps.shape
+    device = taps.device
+    r = min(p, q)
+    u, v, _ = _spectral.frequencies(plan.polyphase_grid, grid_taps)
+    frequencies = u.numel()
+    offsets, grams, _ = _spectral.offset_grams(taps, grid_taps)
+    trig = _spectral.offset_phases(u, v, offsets, plan.polyphase_grid, device=device)
+    per_chunk = max(1, max_memory // (groups * r * r * 16 * 4))
+    values = torch.empty(layers, frequencies, groups, r, dtype=torch.float64, device=device)
+    for layer in range(layers):
+        for start, stop in _spectral.chunks(frequencies, per_chunk):
+            g_mat = _spectral.grams_at(trig[:, start:stop], grams[layer])
+            eigen = torch.linalg.eigvalsh(g_mat).to(torch.float64)
+            values[layer, start:stop] = eigen.clamp_min(0).sqrt().flip(-1)
+    flat_max = values[..., 0].reshape(layers, -1)
+    upper, best = flat_max.max(dim=1)
+    return _GroupResult(
+        upper=upper,
+        lower=upper,
+        steps=torch.zeros(layers, dtype=torch.int64, device=device),
+        best=best // groups,
+        best_group=best % groups,
+        spectra=tuple(values.cpu().unbind(0)),
+    )
+
+
 def _spectral_norms_of(
     operators: Sequence[_Operator],
     *,
@@ -717,8 +770,163 @@ def _spectral_norms_of(
     tol: float,
     max_steps: int,
     max_memory: int,
+    norm_method: str = "certificate",
 ) -> _GroupResult:
-    """Certified spectral norms of the circular operators of layers of one shape.
+    """Certified spectral norms of the circular operators of layers of one shape."""
+    if norm_method == "gram":
+        return _spectral_norms_gram(
+            operators, dtype=dtype, tol=tol, max_steps=max_steps, max_memory=max_memory
+        )
+    return _spectral_norms_certificate(operators, tol=tol, max_memory=max_memory)
+
+
+def _spectral_norms_certificate(
+    operators: Sequence[_Operator], *, tol: float, max_memory: int
+) -> _GroupResult:
+    """Certified spectral norms by Gram matrices from the taps and Cholesky certificates.
+
+    Per layer (float64 throughout, whatever ``dtype``):
+
+    1. The tap cross-products ``R_d`` (``_spectral.offset_grams``): the Hermitian Gram
+       matrix ``G(u, v)`` of the smaller side at any frequency is a sum of ``D`` of them
+       (``D = 13`` for 3x3 kernels) with phases, without forming the transfer matrices.
+    2. A lower bound ``L``: Lanczos, ``_RANKING_STEPS`` steps at every frequency, then
+       ``_LANCZOS_STEPS`` at the ``_LEADING_FREQUENCIES`` best; the top Ritz vector's
+       Rayleigh quotient is a certified lower bound of ``sigma_1^2``.
+    3. Every frequency: ``lambda_1(G) <= tr(G)`` settles the weak ones; the others are
+       certified below ``((1 + tol / 8) L)^2``, then ``((1 + tol) L)^2``, by a Cholesky
+       factorisation of ``c I - G`` (positive definite exactly when
+       ``lambda_1(G) < c``, with the rounding of ``G`` and of the factorisation
+       subtracted from ``c``); a frequency that fails both gets ``lambda_1(G)`` from
+       ``eigvalsh`` (bracketed for rounding), which also raises the lower bound.
+
+    Matrices up to ``32 x 32`` get ``eigvalsh`` directly. Each frequency's work depends
+    only on itself and its layer's ``L``: results do not depend on the batching.
+
+    Memory: the ``R_d`` of the layers of the batch, and at most ``max_memory`` bytes of
+    Gram matrices and work arrays (about ten ``r x r`` complex128 matrices per
+    frequency and group) at once.
+    """
+    taps, grid_taps = _taps(operators, torch.float64)
+    plan = operators[0].plan
+    layers, count, groups, p, q = taps.shape
+    device = taps.device
+    r = min(p, q)
+    u, v, _ = _spectral.frequencies(plan.polyphase_grid, grid_taps)
+    frequencies = u.numel()
+    offsets, grams, inner = _spectral.offset_grams(taps, grid_taps)
+    trig = _spectral.offset_phases(u, v, offsets, plan.polyphase_grid, device=device)
+    squared = taps.square().sum((1, 3, 4))  # (L, g): ||W||_F^2 per group
+    error = _spectral.gram_error(inner, count, offsets.shape[0], squared)  # (L, g)
+    traces = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (L, g, D)
+    trace = 2.0 * torch.einsum("fd,lgd->lfg", trig[0], traces).clamp_min(0)  # tr G(u, v)
+    eps = torch.finfo(torch.float64).eps
+    upper = torch.zeros(layers, frequencies, groups, dtype=torch.float64, device=device)
+    lower = torch.zeros_like(upper)
+    steps = torch.zeros(layers, frequencies, groups, dtype=torch.int64, device=device)
+    per_item = groups * 10 * r * r * 16
+    per_chunk = max(1, max_memory // per_item)
+
+    def gram_items(
+        layer_index: Tensor, freq_index: Tensor
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """``(layer, frequency, G (n g, r, r))`` per chunk and layer run."""
+        for start, stop in _spectral.chunks(layer_index.numel(), per_chunk):
+            li, fi = layer_index[start:stop], freq_index[start:stop]
+            for layer, a, b in _layer_runs(li):
+                g_mat = _spectral.grams_at(trig[:, fi[a:b]], grams[layer])
+                yield li[a:b], fi[a:b], g_mat.reshape(-1, r, r)
+
+    def exact(li: Tensor, fi: Tensor, g_mat: Tensor) -> None:
+        err = error[li].reshape(-1)
+        low, up = _spectral.top_eigenvalue(g_mat, err)
+        upper[li, fi] = up.sqrt().reshape(-1, groups)
+        lower[li, fi] = torch.maximum(lower[li, fi], low.sqrt().reshape(-1, groups))
+        steps[li, fi] = 3
+
+    all_layers = torch.arange(layers, device=device).repeat_interleave(frequencies)
+    all_freqs = torch.arange(frequencies, device=device).repeat(layers)
+    if r <= _DIRECT_SIZE:
+        for li, fi, g_mat in gram_items(all_layers, all_freqs):
+            exact(li, fi, g_mat)
+        steps.clamp_(max=1)
+        return _group_outcome(upper, lower, steps)
+
+    def lanczos(li: Tensor, fi: Tensor, g_mat: Tensor, steps_: int) -> None:
+        theta = _spectral.lanczos_lower(g_mat, steps_)
+        norm = _spectral._squared_norm(g_mat, (-2, -1)).sqrt()
+        slack = error[li].reshape(-1) + 4.0 * (r + 4) * eps * norm
+        bound = ((theta - slack) * (1 - 8 * eps)).clamp_min(0).sqrt().reshape(-1, groups)
+        lower[li, fi] = torch.maximum(lower[li, fi], bound)
+
+    # Lower bound per layer: a short Lanczos run at every frequency ranks them (at
+    # random initialisation the largest singular value is often at a frequency of
+    # middling Frobenius norm), then a longer one at the best few.
+    for li, fi, g_mat in gram_items(all_layers, all_freqs):
+        lanczos(li, fi, g_mat, _RANKING_STEPS)
+    leading = min(_LEADING_FREQUENCIES, frequencies)
+    first = lower.amax(-1).argsort(dim=1, descending=True, stable=True)[:, :leading]
+    first = first.sort(dim=1).values
+    layer_of = torch.arange(layers, device=device)[:, None].expand(-1, leading).reshape(-1)
+    for li, fi, g_mat in gram_items(layer_of, first.reshape(-1)):
+        lanczos(li, fi, g_mat, _LANCZOS_STEPS)
+    floor = lower.amax((1, 2))  # (L,)
+
+    # Every frequency: certified below the rungs, or by the eigensolver.
+    rungs = [(1.0 + tol / 8.0) * floor, (1.0 + tol) * floor]  # (L,) each
+    by_trace = (trace + error[:, None, :]) <= rungs[0][:, None, None] ** 2
+    upper[by_trace] = (trace + error[:, None, :]).sqrt()[by_trace]
+    rest = torch.nonzero(~by_trace.all(-1))  # (n, 2) sorted by layer, then frequency
+    if rest.numel():
+        for li, fi, g_mat in gram_items(rest[:, 0], rest[:, 1]):
+            item_layer = li.repeat_interleave(groups)
+            err = error[li].reshape(-1)
+            open_items = torch.arange(g_mat.shape[0], device=device)
+            bound = torch.empty(g_mat.shape[0], dtype=torch.float64, device=device)
+            rung_of = torch.full((g_mat.shape[0],), 3, dtype=torch.int64, device=device)
+            for number, rung in enumerate(rungs, start=1):
+                level = rung[item_layer[open_items]]
+                ok = _spectral.certify_below(g_mat[open_items], level.square(), err[open_items])
+                bound[open_items[ok]] = level[ok]
+                rung_of[open_items[ok]] = number
+                open_items = open_items[~ok]
+                if open_items.numel() == 0:
+                    break
+            upper[li, fi] = bound.reshape(-1, groups)
+            steps[li, fi] = rung_of.reshape(-1, groups)
+            if open_items.numel():
+                low, up = _spectral.top_eigenvalue(g_mat[open_items], err[open_items])
+                flat_upper = upper[li, fi].reshape(-1)
+                flat_lower = lower[li, fi].reshape(-1)
+                flat_upper[open_items] = up.sqrt()
+                flat_lower[open_items] = torch.maximum(flat_lower[open_items], low.sqrt())
+                upper[li, fi] = flat_upper.reshape(-1, groups)
+                lower[li, fi] = flat_lower.reshape(-1, groups)
+    return _group_outcome(upper, lower, steps)
+
+
+def _group_outcome(upper: Tensor, lower: Tensor, steps: Tensor) -> _GroupResult:
+    """Per-layer maxima of per-frequency brackets ``(L, F, g)``."""
+    layers, _, groups = upper.shape
+    best_lower, best = lower.reshape(layers, -1).max(dim=1)
+    return _GroupResult(
+        upper=upper.amax((1, 2)),
+        lower=best_lower,
+        steps=steps.reshape(layers, -1).amax(1),
+        best=best // groups,
+        best_group=best % groups,
+    )
+
+
+def _spectral_norms_gram(
+    operators: Sequence[_Operator],
+    *,
+    dtype: torch.dtype,
+    tol: float,
+    max_steps: int,
+    max_memory: int,
+) -> _GroupResult:
+    """Certified spectral norms by the Gram iteration (``norm_method="gram"``).
 
     Phase 1: per layer, the few frequencies with the largest Frobenius norm are
     iterated to their own tolerance, giving the layer's lower bound ``L``. Phase 2:
@@ -889,6 +1097,7 @@ def conv_spectra(
     tol: float = 1e-3,
     max_steps: int = 6,
     lower_steps: int | None = 2,
+    norm_method: NormMethod = "certificate",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
@@ -929,20 +1138,27 @@ def conv_spectra(
         singular_values: Compute all singular values (batched SVDs; far slower) and
             keep them for ``ConvSpectra.singular_values``; gives exact spectral norms,
             ``sigma_min`` and condition numbers of exact layers. ``False``: spectral
-            norms only, by the Gram iteration.
+            norms only, certified within ``tol`` (``norm_method``).
         padding: ``"model"``: each module's own padding; ``"circular"``: treat every
             padding as circular (the setting of Sedghi et al. and weightwatcher),
             which makes most layers exact (for the circular version of the layer).
         tol: Relative width of the certified bracket of each spectral norm
             (``lower <= ||C||_2 <= upper <= (1 + tol) lower``).
-        max_steps: Gram steps per frequency before a Hermitian eigensolver settles the
-            frequencies still open (exact to rounding); the bracket always reaches
-            ``tol``.
+        max_steps: ``norm_method="gram"`` only: Gram steps per frequency before a
+            Hermitian eigensolver settles the frequencies still open (exact to
+            rounding); the bracket always reaches ``tol``.
         lower_steps: For ``bound-*`` layers, a certified lower bound of the true
             operator's norm: a test input (the bound's top singular vector) run
             through the layer, after this many power steps ``x <- A^T A x`` (each
             about three convolutions of the layer at batch 2). ``None``: no lower
             bound (NaN).
+        norm_method: How the spectral norm alone is certified. ``"certificate"``
+            (default): per frequency the Hermitian Gram matrix of the smaller side,
+            built from the kernel's tap cross-products (no transfer matrices), a
+            Lanczos lower bound, and Cholesky factorisations of ``c I - G`` that prove
+            ``sigma_1 <= sqrt(c)`` (float64, rounding accounted for); about
+            ``4 r^3 / 3`` flops per frequency. ``"gram"``: the Gram iteration of
+            Delattre et al. (``8 r^3`` flops per squaring, in ``dtype``).
         dtype: ``torch.float64`` (default: the bounds and singular values are
             certified to rounding far below ``tol``) or ``torch.float32`` (faster;
             rounding of order ``1e-6`` relative).
@@ -972,6 +1188,7 @@ def conv_spectra(
     """
     model = runnable_module(model)  # spectra need the modules (padding, stride) and a forward
     size = _check_arguments(model, input_size, padding, tol, max_steps, dtype, max_memory)
+    check_choice("norm_method", norm_method, ("certificate", "gram"))
     if lower_steps is not None and (
         isinstance(lower_steps, bool) or not isinstance(lower_steps, int) or lower_steps < 0
     ):
@@ -1019,7 +1236,12 @@ def conv_spectra(
             result = _singular_values_of(members, dtype=dtype, max_memory=max_memory)
         else:
             result = _spectral_norms_of(
-                members, dtype=dtype, tol=tol, max_steps=max_steps, max_memory=max_memory
+                members,
+                dtype=dtype,
+                tol=tol,
+                max_steps=max_steps,
+                max_memory=max_memory,
+                norm_method=norm_method,
             )
         exact = members[0].plan.exact
         lower = result.lower
@@ -1054,6 +1276,7 @@ def conv_spectra(
         input_size=_text(size),
         padding=padding,
         singular_values=singular_values,
+        norm_method=norm_method,
         tol=float(tol),
         max_steps=int(max_steps),
         dtype=str(dtype).removeprefix("torch."),
@@ -1066,11 +1289,18 @@ def conv_spectra(
 
 
 def _batches(members: list[_Operator], max_memory: int) -> list[list[_Operator]]:
-    """Same-shape layers in runs whose float64 polyphase taps fit in ``max_memory``."""
-    plan, weight = members[0].plan, members[0].weight
+    """Same-shape layers in runs whose float64 taps and tap products fit in ``max_memory``.
+
+    Per layer: the polyphase taps, the tap cross-products ``R_d`` (at most ``2 T`` of
+    them, ``r x r`` per group) and the products' work arrays (``T r (p + q)``).
+    """
+    plan, weight, groups = members[0].plan, members[0].weight, members[0].groups
     taps = math.prod(math.ceil(members[0].geometry.kernel[d] * members[0].geometry.dilation[d]
                                / plan.stride[d]) for d in range(2))  # fmt: skip
-    per_layer = taps * weight.shape[0] * weight.shape[1] * plan.stride[0] * plan.stride[1] * 8
+    p = weight.shape[0] // groups
+    q = weight.shape[1] * plan.stride[0] * plan.stride[1]
+    r = min(p, q)
+    per_layer = 8 * groups * taps * (p * q + 2 * r * r + r * (p + q))
     size = max(1, max_memory // max(per_layer, 1))
     return [members[start : start + size] for start in range(0, len(members), size)]
 

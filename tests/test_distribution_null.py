@@ -96,6 +96,35 @@ def test_p_value_equals_brute_force_enumeration(paired):
     assert result.p_min == pytest.approx(1 / result.n_relabellings)
 
 
+def test_p_value_with_a_shared_twin_equals_brute_force_enumeration():
+    """Twin n1 serves pairs 0 and 1: some model of {r0, r1, n1} takes its role (listed
+    twice in b) in every relabelling; pair 2 swaps. 3 x 2 = 6 relabellings."""
+    r = [small_net(s, 0.05, 2) for s in range(3)]
+    n1, n3 = small_net(20), small_net(21)
+    result = fs.filter_divergence(r, [n1, n1, n3], depth_bins=2, n_null=0,
+                                  value_range=(-2.5, 2.5))  # fmt: skip
+    assert result.design == "paired" and result.permutations == "exact"
+    assert result.n_relabellings == 6 and result.p_min == pytest.approx(1 / 6)
+    weights = result.basis.explained_variance_ratio.numpy()
+    cluster = [r[0], r[1], n1]
+    labelings = []
+    for twin in range(3):
+        others = [m for i, m in enumerate(cluster) if i != twin]
+        for swap in (False, True):
+            last_a, last_b = (n3, r[2]) if swap else (r[2], n3)
+            labelings.append(([*others, last_a], [cluster[twin], cluster[twin], last_b]))
+
+    def d(ga, gb, layer):
+        return plain_d(group_coefficients(ga, layer, result.basis),
+                       group_coefficients(gb, layer, result.basis), weights, result.value_range)  # fmt: skip
+
+    for layer, row in enumerate(result.by_depth):
+        observed = d(r, [n1, n1, n3], layer)
+        assert row.divergence == pytest.approx(observed, rel=1e-9)
+        values = [d(ga, gb, layer) for ga, gb in labelings]
+        assert row.p_value == pytest.approx(np.mean(np.array(values) >= observed * (1 - 1e-9)))
+
+
 def test_kernel_null_mean_matches_random_kernel_reassignment():
     a, b = [small_net(1)], [small_net(2)]
     result = fs.filter_divergence(a, b, depth_bins=2, n_null=400, seed=3, value_range=(-2.5, 2.5))
@@ -218,22 +247,35 @@ def test_planted_shift_found_in_its_bin_only():
 # ---------------------------------------------------------------- calibration
 
 
-def test_per_bin_test_is_calibrated_on_null_groups():
+@pytest.mark.parametrize(
+    ("twins_of", "n_relabellings", "level"),
+    [
+        # 6 plain pairs: 2^5 = 32 relabellings; p <= 4/32 has probability 1/8.
+        ([0, 1, 2, 3, 4, 5], 32, 4 / 32),
+        # Pairs 0-1 and 2-3 share a twin (as in the paper's lists): 3 * 3 * 2 * 2 = 36.
+        ([0, 0, 1, 1, 2, 3], 36, 4 / 36),
+    ],
+    ids=["pairs", "shared twins"],
+)
+def test_per_bin_test_is_calibrated_on_null_groups(twins_of, n_relabellings, level):
     """Models of both groups from one distribution, each model with its own offset (so
     kernels of two models differ): the model-label test rejects at its nominal level."""
     rng = np.random.default_rng(2024)
-    pairs, level, runs = 6, 4 / 32, 200  # 2^5 = 32 relabellings: p <= 4/32 has rate 1/8
+    runs, pairs = 200, len(twins_of)
     rejections = 0
     basis = fs.pca_basis(torch.from_numpy(rng.normal(size=(500, 9))))  # fixed: one pass each
+
+    def model():
+        offset = rng.normal(scale=0.4, size=(1, 1, 3, 3))
+        return torch.from_numpy(rng.normal(size=(8, 8, 3, 3)) + offset)
+
     for _ in range(runs):
-        models = []
-        for _ in range(2 * pairs):
-            offset = rng.normal(scale=0.4, size=(1, 1, 3, 3))
-            models.append(torch.from_numpy(rng.normal(size=(8, 8, 3, 3)) + offset))
+        robust = [model() for _ in range(pairs)]
+        twins = [model() for _ in range(max(twins_of) + 1)]
         result = fs.filter_divergence(
-            models[:pairs], models[pairs:], n_null=0, basis=basis, value_range=(-4.0, 4.0)
+            robust, [twins[i] for i in twins_of], n_null=0, basis=basis, value_range=(-4.0, 4.0)
         )
-        assert result.n_relabellings == 32 and result.permutations == "exact"
+        assert result.n_relabellings == n_relabellings and result.permutations == "exact"
         rejections += result["first"].p_value <= level + 1e-12
     expected = runs * level
     sd = math.sqrt(runs * level * (1 - level))
@@ -249,3 +291,20 @@ def test_holm_over_depth_bins():
     np.testing.assert_allclose([row.p_adjusted for row in result.by_depth], holm(np.array(raw)))
     assert result["all"].p_adjusted == result["all"].p_value
     assert isinstance(result, DivergenceByDepth)
+
+
+def test_histogram_counts_bin_as_numpy_on_edges_and_outside():
+    from filterstats.distribution import _edges, _histogram_counts
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n, bins = int(rng.integers(1, 200)), int(rng.integers(1, 80))
+        low, high = sorted(rng.normal(size=2) * 3)
+        edges = _edges((low, high), bins)
+        x = rng.uniform(low - 0.5, high + 0.5, size=(n, 3))
+        x[: n // 3] = rng.choice(edges, size=(n // 3, 3))  # exactly on the edges
+        x[0, 0] = np.nextafter(edges[-1], np.inf)  # just outside, both ends
+        x[-1, 1] = np.nextafter(edges[0], -np.inf)
+        got = _histogram_counts(torch.from_numpy(x), edges).numpy()
+        want = [np.histogram(x[:, k], bins=bins, range=(edges[0], edges[-1]))[0] for k in range(3)]
+        np.testing.assert_array_equal(got, np.stack(want))

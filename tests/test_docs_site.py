@@ -75,6 +75,8 @@ class PageReader(HTMLParser):
         self.formulas = 0  # arithmatex elements
         self.typeset = 0  # arithmatex elements holding an mjx-container
         self.tex_errors = 0
+        self.undrawn = 0  # typeset formulas with characters the browser did not draw
+        self.undrawn_examples: list[str] = []  # class and ::before content of one such char
         self.tables: list[list[int]] = []  # cells per row, per table
         self._math_depth: list[int] = []
 
@@ -86,6 +88,12 @@ class PageReader(HTMLParser):
         if "arithmatex" in classes:
             self.formulas += 1
             self._math_depth.append(len(self.stack))
+        if tag == "mjx-container":
+            values = dict(attrs)
+            chars, drawn = values.get("data-chars"), values.get("data-drawn")
+            if chars is not None and drawn is not None and int(drawn) < int(chars):
+                self.undrawn += 1
+                self.undrawn_examples.append(values.get("data-undrawn-class") or "")
         if tag == "mjx-container" and self._math_depth:
             self.typeset += 1
             self._math_depth.pop()
@@ -136,6 +144,9 @@ def test_reader_finds_unrendered_math_and_broken_rows() -> None:
         "</span></p>"
     )
     assert (done.formulas, done.typeset, unrendered(done)) == (1, 1, [])
+    blank = read_page('<mjx-container data-chars="3" data-drawn="0"></mjx-container>')
+    drawn = read_page('<mjx-container data-chars="3" data-drawn="3"></mjx-container>')
+    assert (blank.undrawn, drawn.undrawn) == (1, 0)
 
 
 # ---------------------------------------------------------------- sources
@@ -219,10 +230,30 @@ async function typeset(win) {
     }
   }
 }
+const INVISIBLE = ["mjx-c2061", "mjx-c2062", "mjx-c2063", "mjx-c2064", "mjx-c200B"];
+function markGlyphs(win) {
+  // CHTML draws each character of a formula as the ::before content of an mjx-c element,
+  // from the font's style sheet: count the characters that really have something drawn.
+  for (const formula of win.document.querySelectorAll("mjx-container")) {
+    // (the invisible operators U+2061-U+2064 and U+200B have nothing to draw)
+    const chars = [...formula.querySelectorAll("mjx-c")].filter(
+      (c) => !INVISIBLE.some((name) => c.classList.contains(name)));
+    let drawn = 0;
+    for (const c of chars) {
+      const content = win.getComputedStyle(c, "::before").content;
+      if ((content && content !== "none" && content !== "normal" && content !== '""')
+          || c.textContent.length > 0) drawn += 1;
+      else formula.setAttribute("data-undrawn-class", c.className + "|" + content);
+    }
+    formula.setAttribute("data-chars", String(chars.length));
+    formula.setAttribute("data-drawn", String(drawn));
+  }
+}
 (async () => {
   for (const url of pages) {
     await load(url);
     await typeset(frame.contentWindow);
+    markGlyphs(frame.contentWindow);
     await fetch("/__dom__?page=" + encodeURIComponent(url),
                 {method: "POST", body: frame.contentDocument.documentElement.outerHTML});
   }
@@ -348,6 +379,11 @@ def test_built_pages_render_every_formula_and_table_offline(visit: Visit) -> Non
         problems += [f"{page}: unrendered {snippet!r}" for snippet in unrendered(reader)]
         if reader.tex_errors:
             problems.append(f"{page}: {reader.tex_errors} TeX errors")
+        if reader.undrawn:
+            problems.append(
+                f"{page}: {reader.undrawn} formulas typeset but not drawn (no glyphs), "
+                f"e.g. {reader.undrawn_examples[:3]}"
+            )
         for number, rows in enumerate(reader.tables):
             if len(set(rows)) > 1:
                 problems.append(f"{page}: table {number} has rows of {sorted(set(rows))} cells")
@@ -386,6 +422,8 @@ def test_pages_find_every_file_they_ask_for(visit: Visit) -> None:
     missing = sorted({p for p, code in visit.requests if code >= 400 and p != "/favicon.ico"})
     assert not missing, f"files the pages asked for and the site lacks: {missing}"
     assert any("tex-chtml" in path for path, _ in visit.requests), "MathJax was not loaded"
+    fonts = {Path(urllib.parse.urlparse(p).path).name for p, _ in visit.requests if ".woff" in p}
+    assert fonts - {"MathJax_Zero.woff"}, f"only {sorted(fonts)} loaded: no glyph was drawn"
 
 
 def test_built_pages_load_nothing_from_other_hosts(site: Path) -> None:

@@ -192,3 +192,32 @@ def test_the_report_fits_a_laptop_screen(tmp_path, comparison, kind):
         assert all(right <= layout["view"] for _, right in layout["cols"]), layout
         tables = parse(dom)
         assert "skipped" in tables and tables["skipped"][0][-1] == "reason"
+
+
+def test_comparison_report_lists_every_skipped_convolution(tmp_path):
+    """Layers not analysed in the compared models are listed with their reason."""
+
+    def net(seed: int) -> nn.Sequential:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3),
+                             nn.Conv2d(8, 4, 5))  # fmt: skip
+
+    comparison = fs.compare(net(0), net(1), n_boot=50, labels=("x", "y"))
+    text = fs.report(comparison, tmp_path / "c.html", figures=False).read_text()
+    rows = parse(text)["skipped"]
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ["group", "model", "layer"] and header[-1] == "reason"
+    assert sorted((r[0], r[2]) for r in body) == [("x", "1"), ("x", "3"), ("y", "1"), ("y", "3")]
+    assert all("kernel size" in r[-1] for r in body)
+    clean = fs.compare(make_net(0), make_net(1), n_boot=50)
+    assert "skipped" not in parse(fs.report(clean, tmp_path / "d.html", figures=False).read_text())
+
+
+def test_text_columns_are_left_aligned_numbers_right():
+    """Names and reasons read left to right, headers over them too; numbers stay right."""
+    from filterstats._tables import html_table
+
+    out = html_table([{"layer": "conv1", "value": 0.5}, {"layer": "conv2", "value": None}],
+                     ["layer", "value"])  # fmt: skip
+    assert '<th style="text-align: left">layer</th><th>value</th>' in out
+    assert '<td class="text" style="text-align: left">conv1</td><td class="num">0.5</td>' in out

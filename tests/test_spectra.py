@@ -193,15 +193,41 @@ def test_bounds_are_never_below_the_true_norm(
         assert row.spectral_norm_lower > 0.5 * truth  # the lower bound is informative
 
 
+# How the spectral norm alone is certified: the default, the default with every matrix
+# through Lanczos + Cholesky (no direct eigensolver for small matrices), the Gram iteration.
+NORM_PATHS = ["certificate", "certificate-forced", "gram"]
+
+
+def _norm_path(path: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    import filterstats.spectra as module
+
+    if path == "certificate-forced":
+        monkeypatch.setattr(module, "_DIRECT_SIZE", 0)
+    return {"norm_method": "gram" if path == "gram" else "certificate"}
+
+
+@pytest.mark.parametrize("path", NORM_PATHS)
+def test_norm_bounds_are_never_below_the_true_norm(
+    case: tuple[nn.Module, tuple[int, ...], str], path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, shape, _ = case
+    truth = true_singular_values(module, shape)[0]
+    row = spectra_of(module, shape, **_norm_path(path, monkeypatch))[0]
+    assert row.spectral_norm >= truth * (1 - 1e-12)
+    assert row.spectral_norm_lower <= truth * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("path", NORM_PATHS)
 def test_gram_norm_is_within_tolerance_above_the_exact_one(
-    case: tuple[nn.Module, tuple[int, ...], str],
+    case: tuple[nn.Module, tuple[int, ...], str], path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module, shape, method = case
     if not method.startswith("exact"):
         pytest.skip("a bound, checked above")
     truth = true_singular_values(module, shape)[0]
+    options = _norm_path(path, monkeypatch)
     for tol in (1e-2, 1e-4):
-        row = spectra_of(module, shape, tol=tol)[0]
+        row = spectra_of(module, shape, tol=tol, **options)[0]
         assert truth * (1 - 1e-12) <= row.spectral_norm <= truth * (1 + tol) * (1 + 1e-12)
         assert row.spectral_norm_lower <= truth * (1 + 1e-12)
         assert row.spectral_norm <= row.spectral_norm_lower * (1 + tol) * (1 + 1e-12)
@@ -281,6 +307,92 @@ def test_eigensolver_finishes_open_frequencies() -> None:
     assert truth * (1 - 1e-12) <= row.spectral_norm <= truth * (1 + 1e-8)
 
 
+WIDE = [
+    ("wide-circular", lambda: Conv(36, 40, 3, padding=1, padding_mode="circular"), (36, 6, 6)),
+    ("wide-stride2", lambda: Conv(12, 40, 3, stride=2, padding=1, padding_mode="circular"),
+     (12, 8, 8)),
+    ("wide-groups", lambda: Conv(68, 72, 3, padding=1, groups=2, padding_mode="circular"),
+     (68, 4, 4)),
+    ("wide-zeros", lambda: Conv(34, 36, 3, padding=1), (34, 6, 6)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "factory", "shape"), WIDE, ids=[w[0] for w in WIDE])
+@pytest.mark.parametrize("tol", [1e-3, 1e-7])
+def test_certificate_on_layers_wider_than_the_direct_size(
+    name: str, factory: object, shape: tuple[int, ...], tol: float
+) -> None:
+    # r > 32: Lanczos lower bound, Cholesky certificates, the eigensolver fallback.
+    module = seeded(factory(), seed=len(name))  # type: ignore[operator]
+    every = true_singular_values(module, shape)
+    truth = every[0]
+    row = spectra_of(module, shape, tol=tol)[0]
+    if row.method.startswith("exact"):
+        assert truth * (1 - 1e-12) <= row.spectral_norm <= truth * (1 + tol) * (1 + 1e-12)
+        assert row.spectral_norm <= row.spectral_norm_lower * (1 + tol) * (1 + 1e-12)
+        spectra = spectra_of(module, shape, singular_values=True)
+        assert spectra[0].spectral_norm == pytest.approx(truth, rel=1e-9)
+        ours = spectra.singular_values("0").numpy()
+        np.testing.assert_allclose(ours, every, rtol=1e-6, atol=1e-6 * truth)
+    else:
+        assert row.spectral_norm >= truth * (1 - 1e-12)
+    assert row.spectral_norm_lower <= truth * (1 + 1e-12)
+    assert row.gram_steps in (0, 1, 2, 3)
+
+
+def test_certificate_falls_back_to_the_eigensolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    import filterstats.spectra as module
+
+    monkeypatch.setattr(module, "_LANCZOS_STEPS", 1)  # a poor lower bound: rungs fail
+    monkeypatch.setattr(module, "_RANKING_STEPS", 1)
+    monkeypatch.setattr(module, "_DIRECT_SIZE", 0)
+    conv = seeded(Conv(6, 8, 3, padding=1, padding_mode="circular"), 3)
+    truth = true_singular_values(conv, (6, 8, 8))[0]
+    row = spectra_of(conv, (6, 8, 8), tol=1e-6)[0]
+    assert row.gram_steps == 3
+    assert truth * (1 - 1e-12) <= row.spectral_norm <= truth * (1 + 1e-6)
+    assert row.spectral_norm_lower == pytest.approx(truth, rel=1e-9)
+
+
+def test_offset_grams_equal_the_gram_of_the_transfer_matrices() -> None:
+    generator = torch.Generator().manual_seed(4)
+    for p, q, taps_hw in ((5, 3, (3, 3)), (3, 7, (2, 3)), (4, 4, (1, 3))):
+        count = taps_hw[0] * taps_hw[1]
+        taps = torch.randn(2, count, 2, p, q, dtype=torch.float64, generator=generator)
+        grid = (5, 6)
+        u, v, _ = spectral.frequencies(grid, taps_hw)
+        phases = spectral.phase_matrix(u, v, grid, taps_hw, dtype=torch.complex128,
+                                       device=torch.device("cpu"))  # fmt: skip
+        matrices = spectral.transfer_matrices(phases, taps)  # (L, F, g, p, q)
+        offsets, grams, _ = spectral.offset_grams(taps, taps_hw)
+        trig = spectral.offset_phases(u, v, offsets, grid, device=torch.device("cpu"))
+        for layer in range(2):
+            ours = spectral.grams_at(trig, grams[layer])
+            a = matrices[layer]
+            direct = a.mH @ a if q <= p else a @ a.mH
+            reference = torch.linalg.eigvalsh(direct)
+            torch.testing.assert_close(torch.linalg.eigvalsh(ours), reference, rtol=0,
+                                       atol=1e-12 * float(reference.max()))  # fmt: skip
+            # The same matrix, or its complex conjugate (the other side's Gram).
+            close = (ours - direct).abs().max() < 1e-12 * float(reference.max())
+            conjugate = (ours - direct.conj()).abs().max() < 1e-12 * float(reference.max())
+            assert bool(close or conjugate)
+
+
+def test_cholesky_certificate_never_certifies_below_the_top_eigenvalue() -> None:
+    generator = torch.Generator().manual_seed(5)
+    a = torch.randn(30, 40, 40, dtype=torch.complex128, generator=generator)
+    grams = a.mH @ a
+    top = torch.linalg.eigvalsh(grams)[:, -1]
+    zero = torch.zeros(30, dtype=torch.float64)
+    assert not bool(spectral.certify_below(grams, top * (1 - 1e-9), zero).any())
+    assert not bool(spectral.certify_below(grams, top, zero).any())
+    assert bool(spectral.certify_below(grams, top * (1 + 1e-6), zero).all())
+    lanczos = spectral.lanczos_lower(grams, 40)
+    assert bool((lanczos <= top * (1 + 1e-12)).all())
+    assert bool((lanczos >= top * (1 - 1e-9)).all())  # a full Krylov space
+
+
 def test_gram_bounds_on_random_matrices() -> None:
     generator = torch.Generator().manual_seed(0)
     for shape in ((7, 3), (40, 40), (33, 70), (100, 100)):
@@ -332,6 +444,24 @@ def test_results_do_not_depend_on_chunking_or_batching(singular_values: bool) ->
         kept = whole.singular_values("2")
         again = conv_spectra(model, input_size=(3, 8, 8), progress=False).singular_values("2")
         torch.testing.assert_close(kept, again, rtol=1e-12, atol=1e-12)
+
+
+def test_certificate_does_not_depend_on_chunking_or_batching() -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        Conv(36, 40, 3, padding=1, padding_mode="circular"),
+        Conv(40, 40, 3, padding=1, padding_mode="circular"),
+        Conv(40, 40, 3, padding=1, padding_mode="circular"),
+        Conv(40, 40, 3, padding=1),
+    )
+    whole = conv_spectra(model, input_size=(36, 6, 6), progress=False)
+    tiny = conv_spectra(model, input_size=(36, 6, 6), max_memory=1, progress=False)
+    for a, b in zip(whole.computed, tiny.computed):
+        for column in ("spectral_norm", "spectral_norm_lower", "gram_steps"):
+            assert getattr(a, column) == pytest.approx(getattr(b, column), rel=1e-12), column
+    alone = conv_spectra(nn.Sequential(model[2]), input_size=(40, 6, 6), progress=False)[0]
+    assert alone.spectral_norm == pytest.approx(whole["2"].spectral_norm, rel=1e-12)
+    assert alone.spectral_norm_lower == pytest.approx(whole["2"].spectral_norm_lower, rel=1e-12)
 
 
 def test_float32_bounds_hold() -> None:

@@ -13,9 +13,10 @@ window.MathJax = {
   },
 };
 
+// Re-typeset after an instant page change. No clearCache(): it empties the font's glyph
+// style sheet that the first typeset filled, and every formula is then drawn blank.
 document$.subscribe(() => {
   if (window.MathJax && MathJax.typesetPromise) {
-    MathJax.startup.output.clearCache();
     MathJax.typesetClear();
     MathJax.texReset();
     MathJax.typesetPromise();

@@ -23,7 +23,7 @@ from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 from filterstats._stats import holm
 from filterstats._tables import RowTable, html_table
-from filterstats._text import fmt, render_table
+from filterstats._text import fmt, plural, render_table
 from filterstats._warnings import FilterStatsWarning
 from filterstats.compare.statistics import check_boot, infer, nan_clean
 from filterstats.depth_bins import (
@@ -390,7 +390,7 @@ def _headline_title(design: str, n_pairs: int) -> str:
         return (
             f"unit of inference: model pair ({n_pairs}); interval: hierarchical bootstrap "
             "(pairs, then units); test: Wilcoxon signed-rank of pair mean differences "
-            f"(smallest attainable p with {n_pairs} pairs: {2 / 2**n_pairs:.4g})"
+            f"(smallest attainable p with {plural(n_pairs, 'pair')}: {2 / 2**n_pairs:.4g})"
         )
     return (
         "unit of inference: model (unpaired); interval: hierarchical bootstrap (models, "
@@ -664,11 +664,11 @@ def _few_pairs_note(
     alpha = 1.0 - confidence
     if design == "paired":
         smallest = 2.0 / 2**n_pairs
-        units = f"{n_pairs} pairs"
+        units = plural(n_pairs, "pair")
     else:
         n_a, n_b = provenance.get("n_models_a", 0), provenance.get("n_models_b", 0)
         smallest = 2.0 / math.comb(n_a + n_b, n_a) if n_a and n_b else 1.0
-        units = f"{n_a} and {n_b} models"
+        units = f"{n_a} and {plural(n_b, 'model')}"
     if n_pairs < 2 or smallest <= alpha:
         return ""
     return (

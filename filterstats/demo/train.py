@@ -12,6 +12,13 @@ seed the same initialisation and the same data order are trained twice:
 Both are evaluated on a fixed held-out split, clean and under a stronger PGD
 attack (``eval_steps`` steps, random start). The script writes
 ``{normal,robust}_seed{N}.pt`` (plain state dicts) and ``metrics.json`` into DIR.
+
+With ``--track-every N`` (default 23: one epoch of the full data) every run also
+records its filter trajectory with a [`FilterTracker`][filterstats.FilterTracker]:
+``{kind}_seed{N}.filters.csv`` (read with ``filterstats.read_history``), step 0 the
+initialisation (the same for both kinds of a seed) and step ``n`` the weights after
+``n`` optimiser steps. The tracker changes nothing: the weights are bit-identical
+with and without it. ``--track-every 0`` turns it off.
 Needs scikit-learn (``pip install 'filterstats[test]'``) for the data set.
 """
 
@@ -41,12 +48,33 @@ from filterstats.demo._records import (
 )
 from filterstats.demo.model import DemoNet
 
-__all__ = ["QUICK_CONFIG", "evaluate", "load_digits_split", "main", "pgd_attack", "train_pair"]
+__all__ = [
+    "QUICK_CONFIG",
+    "evaluate",
+    "load_digits_split",
+    "main",
+    "pgd_attack",
+    "train_pair",
+    "trajectory_file",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Smoke-test settings of ``--quick``: a subset and a few epochs, well under a minute.
 QUICK_CONFIG = TrainConfig(epochs=8, batch_size=32, lr=3e-3, n_train=800, n_test=200)
+
+
+def trajectory_file(kind: str, seed: int) -> str:
+    """File name of a run's filter trajectory.
+
+    Args:
+        kind: ``"normal"`` or ``"robust"``.
+        seed: The seed.
+
+    Returns:
+        ``"{kind}_seed{seed}.filters.csv"``.
+    """
+    return f"{kind}_seed{seed}.filters.csv"
 
 
 def load_digits_split(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -142,11 +170,29 @@ def evaluate(
 
 
 def _train_one(
-    kind: str, seed: int, config: TrainConfig, images: Tensor, labels: Tensor
+    kind: str,
+    seed: int,
+    config: TrainConfig,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    track: Path | None = None,
+    track_every: int = 0,
 ) -> DemoNet:
     torch.manual_seed(seed)
     model = DemoNet()  # same seed -> the same initialisation for both kinds
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    tracker = None
+    if track is not None and track_every > 0:
+        from filterstats.tracking import CSVSink, FilterTracker
+
+        track.unlink(missing_ok=True)  # a new run: a new trajectory
+        track.with_name(track.name + ".reference.pt").unlink(missing_ok=True)
+        tracker = FilterTracker(
+            model, every=track_every, sink=CSVSink(track), label=f"{kind}_seed{seed}"
+        )
+        tracker.step(0)  # the initialisation
+    steps = 0
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     data_order = torch.Generator().manual_seed(seed)
     attack_noise = torch.Generator().manual_seed(1_000 + seed)
@@ -171,6 +217,9 @@ def _train_one(
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()
+            steps += 1
+            if tracker is not None:
+                tracker.step(steps)
             total_loss += loss.item() * len(index)
         schedule.step()
         logger.info(
@@ -181,12 +230,19 @@ def _train_one(
             config.epochs,
             total_loss / len(labels),
         )
+    if tracker is not None:
+        tracker.close()
     model.eval()
     return model
 
 
 def train_pair(
-    out: Path, seeds: Sequence[int], config: TrainConfig, *, quick: bool = False
+    out: Path,
+    seeds: Sequence[int],
+    config: TrainConfig,
+    *,
+    quick: bool = False,
+    track_every: int = 0,
 ) -> DemoTrainingMetrics:
     """Train, evaluate and save a normal and a robust ``DemoNet`` per seed.
 
@@ -195,6 +251,8 @@ def train_pair(
         seeds: Seeds to train, each giving one pair.
         config: Hyper-parameters for every model.
         quick: Recorded in ``metrics.json`` to mark smoke runs.
+        track_every: Record each run's filter trajectory every this many optimiser
+            steps into ``{kind}_seed{N}.filters.csv``; ``0``: do not.
 
     Returns:
         The record that was written to ``out / "metrics.json"``.
@@ -207,7 +265,10 @@ def train_pair(
     records = []
     for seed in seeds:
         for kind in KINDS:
-            model = _train_one(kind, seed, config, train_images, train_labels)
+            model = _train_one(
+                kind, seed, config, train_images, train_labels,
+                track=out / trajectory_file(kind, seed), track_every=track_every,
+            )  # fmt: skip
             clean, robust = evaluate(model, test_images, test_labels, config, seed=seed)
             logger.info("%s seed %d: clean %.4f, PGD %.4f", kind, seed, clean, robust)
             path = out / weight_file(kind, seed)
@@ -257,7 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help=f"smoke run: {QUICK_CONFIG.n_train} training images, {QUICK_CONFIG.epochs} epochs",
     )
+    parser.add_argument(
+        "--track-every",
+        type=int,
+        default=23,
+        help="record the filter trajectory every N optimiser steps (0: off)",
+    )
     args = parser.parse_args(argv)
+    if args.track_every < 0:
+        parser.error(f"--track-every must be >= 0, got {args.track_every}")
     config = QUICK_CONFIG if args.quick else TrainConfig()
     if args.epochs is not None:
         if args.epochs < 1:
@@ -273,7 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             eval_step_size=2.5 * args.epsilon / config.eval_steps,
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    metrics = train_pair(args.out, args.seeds, config, quick=args.quick)
+    metrics = train_pair(
+        args.out, args.seeds, config, quick=args.quick, track_every=args.track_every
+    )
     for record in metrics.models:
         print(
             f"{record.kind:6s} seed {record.seed}: clean {record.clean_accuracy:.3f}, "

@@ -244,9 +244,10 @@ def test_torchscript_models_give_the_same_filters(kind):
         else torch.jit.trace(small_net().eval(), torch.zeros(1, 3, 8, 8))
     )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", fs.FilterStatsWarning)  # depth by registration order
+        warnings.simplefilter("error", fs.FilterStatsWarning)  # depth from the graph
         filters = fs.extract_filters(scripted, kernel_size=None)
         report = fs.analyze(scripted)
+    assert filters.depth_method == "torchscript"
     assert filters.names == ("0", "3", "5")
     assert [layer.module_type for layer in filters] == ["Conv2d"] * 3
     for layer, module in zip(filters, (plain[0], plain[3], plain[5])):
