@@ -327,7 +327,9 @@ def test_cli_seeds_without_a_baseline_is_an_error(capsys):
 
 def test_compare_keeps_each_sides_baseline():
     pair = fs.demo.load_pair(0)
-    comparison = fs.compare(pair.robust, pair.normal, baseline="init", baseline_seeds=3)
+    comparison = fs.compare(
+        pair.robust, pair.normal, labels=("robust", "normal"), baseline="init", baseline_seeds=3
+    )
     for report, label in ((comparison.reports_a[0], "robust"), (comparison.reports_b[0], "normal")):
         assert report.baseline is not None
         assert {row.model for row in report.baseline} == {label}
