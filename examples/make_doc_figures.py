@@ -68,7 +68,10 @@ def main(out: Path) -> list[Path]:
 
     # Distribution shift of the kernels per depth bin.
     divergence = fs.filter_divergence(
-        [p.robust for p in pairs], [p.normal for p in pairs], depth_bins=BINS
+        [p.robust for p in pairs],
+        [p.normal for p in pairs],
+        labels=("robust", "normal"),
+        depth_bins=BINS,
     )
     figure, ax = plt.subplots(figsize=(6, 3))
     plotting.plot_divergence(divergence, ax=ax)
