@@ -26,6 +26,7 @@ from typing import Any
 from filterstats import metric_table
 from filterstats._checks import NanPolicy
 from filterstats._text import fmt, render_table
+from filterstats._version import __version__
 from filterstats.layers import FilterSet, KernelSelection
 from filterstats.metrics import Definition
 from filterstats.resolve import ModelInput, extract_filters
@@ -222,6 +223,9 @@ class TrajectoryComparison:
         paired: Whether the runs were paired (run ``i`` of a with run ``i`` of b).
         bins: Depth bins used.
         labels: Names of the two groups.
+        provenance: How it was made: the runs' analysis parameters (definition, eps,
+            kernel selection), drift threshold, runs per group, intervals, depth bins,
+            library version. Printed on the ``how:`` line and carried by every export.
     """
 
     rows: tuple[Mapping[str, Any], ...]
@@ -230,9 +234,14 @@ class TrajectoryComparison:
     paired: bool = False
     bins: int = 4
     labels: tuple[str, str] = ("a", "b")
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per (metric, bin, step)."""
+        return [dict(r) for r in self.rows]
 
     def to_pandas(self) -> Any:
-        """The rows as a DataFrame (needs ``filterstats[pandas]``).
+        """The rows as a DataFrame (needs ``filterstats[pandas]``), provenance in ``attrs``.
 
         Returns:
             One row per (metric, bin, step).
@@ -240,7 +249,67 @@ class TrajectoryComparison:
         from filterstats._optional import require
 
         pd = require("pandas", extra="pandas")
-        return pd.DataFrame([dict(r) for r in self.rows])
+        frame = pd.DataFrame(self.to_records())
+        frame.attrs.update(self.provenance)
+        return frame
+
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The rows as CSV, after a ``# filterstats {provenance json}`` first line.
+
+        Args:
+            path: Written there (atomically) when given.
+
+        Returns:
+            The CSV text.
+        """
+        import csv
+        import io
+        import json
+
+        from filterstats._files import atomic_write_text
+
+        out = io.StringIO()
+        out.write(f"# filterstats {json.dumps(dict(self.provenance), default=str)}\n")
+        columns = list(self.rows[0]) if self.rows else ["metric", "bin", "step"]
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.to_records())
+        text = out.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """``{"filterstats": provenance, "diverged": [...], "rows": [...]}`` as JSON.
+
+        Args:
+            path: Written there (atomically) when given.
+
+        Returns:
+            The JSON text.
+        """
+        import json
+
+        from filterstats._files import atomic_write_text
+        from filterstats._tables import json_value
+
+        diverged = [{"metric": m, "bin": b, "step": step} for (m, b), step in self.diverged.items()]
+        rows = [{k: json_value(v) for k, v in r.items()} for r in self.to_records()]
+        text = json.dumps(
+            {"filterstats": dict(self.provenance), "diverged": diverged, "rows": rows},
+            indent=1, default=str,
+        )  # fmt: skip
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def _repr_html_(self) -> str:
+        from filterstats._tables import html_table
+
+        records = [{"metric": m, "bin": b, "diverged from step": "never" if s is None else s}
+                   for (m, b), s in self.diverged.items()]  # fmt: skip
+        caption = " | ".join(repr(self).split("\n", 2)[:2])
+        return html_table(records, ["metric", "bin", "diverged from step"], caption=caption)
 
     def __repr__(self) -> str:
         head = ["metric", "bin", "diverged from step"]
@@ -254,7 +323,8 @@ class TrajectoryComparison:
             f"{self.confidence:.0%} t-intervals over runs, {self.bins} depth bins; a bin "
             "diverged from the first step after which every interval excludes 0"
         )
-        return render_table(title, head, lines)
+        how = "how: " + ", ".join(f"{k}={v}" for k, v in self.provenance.items())
+        return render_table(f"{title}\n{how}" if self.provenance else title, head, lines)
 
     def table(self, metric: str) -> str:
         """One metric's differences per step and bin, as text.
@@ -380,7 +450,29 @@ def compare_trajectories(
                     break
                 first = step
             diverged[(metric, label)] = first
-    return TrajectoryComparison(tuple(rows), diverged, confidence, paired, bins, labels)
+    first = all_runs[0].params
+    analysis = first.analysis
+    provenance = {
+        "definition": analysis.definition, "eps": analysis.eps,
+        "kernel_size": analysis.kernel_size, "unmoved_cosine": first.unmoved_cosine,
+        "labels": f"{labels[0]} - {labels[1]}", "n_runs_a": len(a_runs),
+        "n_runs_b": len(b_runs), "unit": "run",
+        "interval": f"{'paired' if paired else 'Welch'} t, {confidence:.0%}",
+        "bins": bins, "steps": len(steps), "version": __version__,
+    }  # fmt: skip
+    differing = sorted({
+        f"{k}={getattr(run.params.analysis, k)}" for run in all_runs
+        for k in ("definition", "eps", "kernel_size")
+        if getattr(run.params.analysis, k) != getattr(analysis, k)
+    })  # fmt: skip
+    if differing:
+        raise ValueError(
+            "the runs were measured with different parameters "
+            f"(first run: definition={analysis.definition}, eps={analysis.eps}, "
+            f"kernel_size={analysis.kernel_size}; others: {', '.join(differing)}): track "
+            "them alike before comparing"
+        )
+    return TrajectoryComparison(tuple(rows), diverged, confidence, paired, bins, labels, provenance)
 
 
 def _interval(

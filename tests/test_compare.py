@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import numpy as np
@@ -325,3 +326,15 @@ def test_both_definitions_flags_the_metrics_and_bins_whose_sign_differs():
     assert "DIFFERS" in repr(cmp) and "sign differs: diversity" in repr(check)
     with pytest.raises(ValueError, match="both_definitions"):
         fs.compare(fs.analyze(scaled), base, both_definitions=True)
+
+
+def test_the_definition_check_gives_rounding_noise_no_direction():
+    """Differences of opposite sign but within SIGN_TOLERANCE of 0 are not flagged."""
+    results = importlib.import_module("filterstats.compare.results")
+    tol = results.SIGN_TOLERANCE
+    noise = results._definition_row("diversity", "all", 3.05e-06, -4.8e-07)
+    assert (noise.sign_paper, noise.sign_torchconvquality, noise.differs) == (0, 0, False)
+    real = results._definition_row("diversity", "all", 10 * tol, -10 * tol)
+    assert (real.sign_paper, real.sign_torchconvquality, real.differs) == (1, -1, True)
+    one_sided = results._definition_row("diversity", "all", 0.0, -10 * tol)
+    assert one_sided.differs  # no change under one definition, a clear one under the other

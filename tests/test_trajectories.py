@@ -185,3 +185,39 @@ def test_trajectory_with_a_file_resumes_without_measuring_again(tmp_path, monkey
             other = a.metrics[name]
             assert (math.isnan(value) and math.isnan(other)) or abs(value - other) <= 1e-12
     assert first.to_records() == [r for r in resumed.to_records() if r["step"] < 2]
+
+
+def test_compare_trajectories_says_how_it_was_made_in_every_export(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from filterstats._version import __version__
+    from filterstats.results import AnalysisParams
+
+    rng = random.Random(1)
+    a = [synthetic_run([rng.gauss(0, 0.05) for _ in range(4)]) for _ in range(3)]
+    b = [synthetic_run([rng.gauss(0, 0.05) for _ in range(4)]) for _ in range(2)]
+    result = fs.compare_trajectories(a, b, metrics=["orthogonality"], labels=("pgd", "plain"))
+    want = {
+        "definition": "paper",
+        "eps": 0.01,
+        "kernel_size": "3x3",
+        "n_runs_a": 3,
+        "n_runs_b": 2,
+        "unit": "run",
+        "interval": "Welch t, 95%",
+        "version": __version__,
+    }
+    for key, value in want.items():
+        assert result.provenance[key] == value, key
+    assert "how: definition=paper, eps=0.01, kernel_size=3x3" in repr(result)
+    assert result.to_pandas().attrs["n_runs_a"] == 3
+    text = result.to_csv(tmp_path / "t.csv")
+    assert json.loads(text.splitlines()[0].removeprefix("# filterstats "))["n_runs_b"] == 2
+    assert (tmp_path / "t.csv").read_text() == text
+    saved = json.loads(result.to_json(tmp_path / "t.json"))
+    assert saved["filterstats"]["labels"] == "pgd - plain" and len(saved["rows"]) == 4
+    assert "how: " in result._repr_html_()
+    other = replace(b[0], params=replace(b[0].params, analysis=AnalysisParams(eps=0.05)))
+    with pytest.raises(ValueError, match="different parameters"):
+        fs.compare_trajectories(a, [other, b[1]], metrics=["orthogonality"])

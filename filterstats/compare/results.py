@@ -696,7 +696,9 @@ class DefinitionSign:
         bin: Depth bin label, or ``"all"`` for the summary over all depths.
         diff_paper: Headline ``mean_diff`` (``a - b``) under the paper's definition.
         diff_torchconvquality: The same under torchconvquality's definition.
-        sign_paper: Sign of ``diff_paper``: 1, -1 or 0 (0 also for NaN).
+        sign_paper: Sign of ``diff_paper``: 1, -1 or 0 (0 also for NaN, and for a
+            difference within ``SIGN_TOLERANCE`` of 0: rounding-level noise has no
+            direction).
         sign_torchconvquality: Sign of ``diff_torchconvquality``.
         differs: The signs differ: the direction depends on the definition.
     """
@@ -757,8 +759,15 @@ class DefinitionCheck(_ProvenanceTable):
             "bins: 'all' is the summary over all depths", head, lines)])  # fmt: skip
 
 
+#: Differences with ``|mean_diff| <= SIGN_TOLERANCE`` count as no direction (sign 0) in
+#: the definition check. The metrics the definition changes lie in [0, 1] or
+#: [0, log10(k*k)], so 1e-4 is far below any difference worth reporting and far above
+#: rounding noise; metrics the definition does not change get one sign either way.
+SIGN_TOLERANCE = 1e-4
+
+
 def _signum(value: float) -> int:
-    if not math.isfinite(value) or value == 0:
+    if not math.isfinite(value) or abs(value) <= SIGN_TOLERANCE:
         return 0
     return 1 if value > 0 else -1
 
