@@ -450,11 +450,11 @@ def compare_trajectories(
                     break
                 first = step
             diverged[(metric, label)] = first
-    first = all_runs[0].params
-    analysis = first.analysis
+    run_params = all_runs[0].params
+    analysis = run_params.analysis
     provenance = {
         "definition": analysis.definition, "eps": analysis.eps,
-        "kernel_size": analysis.kernel_size, "unmoved_cosine": first.unmoved_cosine,
+        "kernel_size": analysis.kernel_size, "unmoved_cosine": run_params.unmoved_cosine,
         "labels": f"{labels[0]} - {labels[1]}", "n_runs_a": len(a_runs),
         "n_runs_b": len(b_runs), "unit": "run",
         "interval": f"{'paired' if paired else 'Welch'} t, {confidence:.0%}",

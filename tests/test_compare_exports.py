@@ -76,7 +76,7 @@ def test_matched_units_and_html_report_carry_the_provenance(tmp_path, comparison
     start = page.index('id="provenance"')
     section = page[start : page.index("</table>", start)]
     for key in REQUIRED:
-        assert f'<td class="text">{key}</td>' in section, key
+        assert f'<td class="text" style="text-align: left">{key}</td>' in section, key
     assert "Holm" in page and "descriptive" in page
     assert "mean_robust" in page and "mean_a<" not in page
 
