@@ -685,7 +685,7 @@ class DivergenceByDepth(RowTable):
         lines = [
             [r.bin, str(r.n_a), str(r.n_b), fmt(r.divergence), fmt(r.null_mean),
              fmt(r.null_q95), fmt(r.corrected), fmt(r.p_value), fmt(r.p_adjusted),
-             fmt(r.baseline_a), fmt(r.baseline_b), "few kernels" if r.few_kernels else ""]
+             fmt(r.baseline_a), fmt(r.baseline_b), _row_note(r)]
             for r in self.rows
         ]  # fmt: skip
         head = [
@@ -697,7 +697,7 @@ class DivergenceByDepth(RowTable):
             "null: D with the kernels of both groups reassigned at random (sample-size bias); "
             "corrected = D - null mean; within: mean corrected D between two models of one group",
         ]
-        if any(r.few_kernels for r in self.rows):
+        if any(r.few_kernels and r.n_a and r.n_b for r in self.rows):
             notes.append(
                 f"few kernels: under {MIN_KERNELS_PER_HISTOGRAM_BIN} kernels per histogram bin "
                 f"({self.bins} bins): D there is mostly sample-size bias"
@@ -751,6 +751,15 @@ class DivergenceByDepth(RowTable):
         frame = RowTable.to_pandas(self)
         frame.attrs["filterstats"] = self.provenance()
         return frame
+
+
+def _row_note(row: DivergenceRow) -> str:
+    """A bin's note: no kernels on a side (no D at all), or too few for the histogram."""
+    if row.n_a == 0 and row.n_b == 0:
+        return "no layers"
+    if row.n_a == 0 or row.n_b == 0:
+        return "no layers in one group"
+    return "few kernels" if row.few_kernels else ""
 
 
 def _layer_bins(filterset: FilterSet, options: dict[str, Any]) -> list[str | None]:

@@ -174,6 +174,10 @@ def _inference_note(summary: Any) -> str:
     )
 
 
+def _depth_units(depth: Any) -> str:
+    return "models" if depth.design == "unpaired" and depth.unit == "pair" else f"{depth.unit}s"
+
+
 def _skipped_of_models(obj: Comparison) -> list[str]:
     """Every convolution of the compared models that was not analysed, with its reason."""
     reports = {id(r): (side, r) for side, group in zip(obj.labels, (obj.reports_a, obj.reports_b))
@@ -212,7 +216,7 @@ def _comparison_sections(obj: Comparison, figures: bool, divergence: Any) -> lis
         "<h2>Summary</h2>",
         f'<p class="meta">{html.escape(_inference_note(summary))}</p>',
         _table("summary", *_records_of(summary)),
-        f"<h2>By depth (units: {depth.unit}s)</h2>",
+        f"<h2>By depth (units: {_depth_units(depth)})</h2>",
     ]
     records, columns = _records_of(depth)
     filled = [r for r in records if r.get("n", 1)]

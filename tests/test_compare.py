@@ -338,3 +338,13 @@ def test_the_definition_check_gives_rounding_noise_no_direction():
     assert (real.sign_paper, real.sign_torchconvquality, real.differs) == (1, -1, True)
     one_sided = results._definition_row("diversity", "all", 0.0, -10 * tol)
     assert one_sided.differs  # no change under one definition, a clear one under the other
+
+
+def test_an_unpaired_comparison_does_not_call_its_units_pairs():
+    nets = [make_net(seed, depth=4) for seed in range(3)]
+    cmp = fs.compare(nets[:2], nets[2:], n_boot=50, labels=("x", "y"))
+    assert cmp.summary().design == "unpaired"
+    title = repr(cmp.summary()).splitlines()[0]
+    assert title == "Comparison x - y: unpaired, 2 and 1 model, units = matched layers"
+    depth_title = repr(cmp.by_depth()).splitlines()[0]
+    assert depth_title == "By depth x - y: unpaired, 2 and 1 model, units = models"

@@ -308,3 +308,13 @@ def test_histogram_counts_bin_as_numpy_on_edges_and_outside():
         got = _histogram_counts(torch.from_numpy(x), edges).numpy()
         want = [np.histogram(x[:, k], bins=bins, range=(edges[0], edges[-1]))[0] for k in range(3)]
         np.testing.assert_array_equal(got, np.stack(want))
+
+
+def test_a_bin_without_layers_says_so_rather_than_few_kernels():
+    from filterstats.distribution import DivergenceRow, _row_note
+
+    assert _row_note(DivergenceRow("(0.5, 0.75]", 0, 0, math.nan, few_kernels=True)) == "no layers"
+    one_side = DivergenceRow("(0.5, 0.75]", 0, 40, math.nan, few_kernels=True)
+    assert _row_note(one_side) == "no layers in one group"
+    assert _row_note(DivergenceRow("first", 16, 16, 1.0, few_kernels=True)) == "few kernels"
+    assert _row_note(DivergenceRow("first", 900, 900, 1.0)) == ""

@@ -445,7 +445,8 @@ class ComparisonSummary(_ProvenanceTable):
         a, b = self.labels
         unit = "layers" if self.match == "name" else "depth bins"
         n_pairs = self.rows[0].n_pairs if self.rows else 0
-        title = f"Comparison {a} - {b}: {n_pairs} pair(s), units = matched {unit}"
+        design = _design_text(self.design, n_pairs, self.provenance)
+        title = f"Comparison {a} - {b}: {design}, units = matched {unit}"
         parts = [title, _provenance_line(self.provenance)]
         if n_pairs >= 2:
             parts.append(
@@ -606,7 +607,9 @@ class DepthComparison(_ProvenanceTable):
     def __repr__(self) -> str:
         a, b = self.labels
         n_pairs = max((r.n_pairs for r in self.rows), default=0)
-        title = f"By depth {a} - {b}: {n_pairs} pair(s), units = {self.unit}s"
+        design = _design_text(self.design, n_pairs, self.provenance)
+        units = "models" if self.design == "unpaired" and self.unit == "pair" else f"{self.unit}s"
+        title = f"By depth {a} - {b}: {design}, units = {units}"
         parts = [title, _provenance_line(self.provenance)]
         shown = [r for r in self.rows if r.n]
         few = _few_pairs_note(self.design, n_pairs, self.confidence, self.provenance)
@@ -655,6 +658,14 @@ class DepthComparison(_ProvenanceTable):
         if empty:
             parts.append(f"bins without layers: {', '.join(empty)}")
         return "\n".join(parts)
+
+
+def _design_text(design: str, n_pairs: int, provenance: Mapping[str, Any]) -> str:
+    """``3 pairs``, or for unpaired groups ``unpaired, 2 and 1 model`` (no pairs are used)."""
+    if design == "paired":
+        return plural(n_pairs, "pair")
+    n_a, n_b = provenance.get("n_models_a", 0), provenance.get("n_models_b", 0)
+    return f"unpaired, {n_a} and {plural(n_b, 'model')}"
 
 
 def _few_pairs_note(
