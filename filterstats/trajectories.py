@@ -237,7 +237,11 @@ class TrajectoryComparison:
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per (metric, bin, step)."""
+        """The rows as plain dicts.
+
+        Returns:
+            One dict per (metric, bin, step).
+        """
         return [dict(r) for r in self.rows]
 
     def to_pandas(self) -> Any:
