@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
-from filterstats._files import atomic_write_text
+from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 
 __all__ = ["MetricAttributes", "RowTable", "csv_value", "html_cell", "html_table", "json_value"]
@@ -50,7 +50,11 @@ class RowTable:
     """Mixin for frozen dataclasses that hold ``rows`` of one dataclass type.
 
     Subclasses set ``_row_type`` to the row dataclass; its field names are the
-    DataFrame's columns.
+    DataFrame's columns. A table that says how it was made returns that from
+    ``_export_provenance``; every export then carries it in one form: CSV, a leading
+    ``# filterstats {json}`` comment line; JSON, ``{"filterstats": ..., "rows": [...]}``;
+    pandas, ``frame.attrs["filterstats"]``; Parquet, the schema metadata key
+    ``filterstats``.
     """
 
     rows: tuple[Any, ...]
@@ -75,6 +79,10 @@ class RowTable:
         """
         return [asdict(row) for row in self.rows]
 
+    def _export_provenance(self) -> dict[str, Any] | None:
+        """How the table was made, for its exports (JSON-safe); ``None``: nothing to say."""
+        return None
+
     def _repr_html_(self) -> str:
         """The table as HTML for notebooks; its title (how it was made) as the caption."""
         caption = repr(self).split("\n", 1)[0]
@@ -93,6 +101,9 @@ class RowTable:
             The CSV text.
         """
         buffer = io.StringIO()
+        provenance = self._export_provenance()
+        if provenance is not None:
+            buffer.write("# filterstats " + json.dumps(provenance, sort_keys=True) + "\n")
         writer = csv.DictWriter(buffer, fieldnames=list(self.columns), lineterminator="\n")
         writer.writeheader()
         for record in self.to_records():
@@ -115,7 +126,11 @@ class RowTable:
             {key: json_value(value) for key, value in record.items()}
             for record in self.to_records()
         ]
-        text = json.dumps(records, indent=1, allow_nan=False)
+        provenance = self._export_provenance()
+        payload: Any = (
+            records if provenance is None else {"filterstats": provenance, "rows": records}
+        )
+        text = json.dumps(payload, indent=1, allow_nan=False)
         if path is not None:
             atomic_write_text(path, text, example="table.json")
         return text
@@ -127,7 +142,32 @@ class RowTable:
             A DataFrame with one row per row of the table.
         """
         pd = require("pandas", extra="pandas")
-        return pd.DataFrame(self.to_records(), columns=list(self.columns))
+        frame = pd.DataFrame(self.to_records(), columns=list(self.columns))
+        provenance = self._export_provenance()
+        if provenance is not None:
+            frame.attrs["filterstats"] = provenance
+        return frame
+
+    def to_parquet(self, path: str | os.PathLike[str]) -> None:
+        """Write the rows as Parquet (needs ``filterstats[pandas]``).
+
+        How the table was made goes into the schema metadata (key ``filterstats``, JSON).
+
+        Args:
+            path: File to write (atomically).
+        """
+        pa = require("pyarrow", extra="pandas")
+        pq = require("pyarrow.parquet", extra="pandas")
+        frame = self.to_pandas()
+        frame.attrs = {}
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        provenance = self._export_provenance()
+        if provenance is not None:
+            meta = dict(table.schema.metadata or {})
+            meta[b"filterstats"] = json.dumps(provenance).encode()
+            table = table.replace_schema_metadata(meta)
+        with atomic_target(path, example="table.parquet") as temporary:
+            pq.write_table(table, temporary)
 
 
 def csv_value(value: Any) -> Any:

@@ -33,9 +33,6 @@ custom classes), or whose ``reset_parameters`` does not change its effective wei
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,9 +44,7 @@ import torch
 from torch import nn
 
 from filterstats import metric_table
-from filterstats._files import atomic_write_text
-from filterstats._optional import require
-from filterstats._tables import RowTable, csv_value, html_table, json_value
+from filterstats._tables import RowTable, html_table
 from filterstats._text import fmt, plural, render_table
 from filterstats.layers import ConvLayer, KernelSelection
 
@@ -232,55 +227,8 @@ class InitBaseline(RowTable):
         params = {} if self.params is None else asdict(self.params)
         return {**params, "baseline": self.provenance()}
 
-    # ---------------------------------------------------------------- exports
-    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Write (or return) the long table as CSV, how it was made in a comment line.
-
-        Args:
-            path: File to write (atomically); ``None`` returns the text only.
-
-        Returns:
-            The CSV text: a ``# filterstats {...}`` line, a header, one line per row.
-        """
-        buffer = io.StringIO()
-        buffer.write("# filterstats " + json.dumps(self._header(), sort_keys=True) + "\n")
-        writer = csv.DictWriter(buffer, fieldnames=list(self.columns), lineterminator="\n")
-        writer.writeheader()
-        for record in self.to_records():
-            writer.writerow({key: csv_value(value) for key, value in record.items()})
-        text = buffer.getvalue()
-        if path is not None:
-            atomic_write_text(path, text, example="table.csv")
-        return text
-
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Write (or return) ``{"filterstats": provenance, "rows": [...]}``; NaN, inf: null.
-
-        Args:
-            path: File to write (atomically); ``None`` returns the text only.
-
-        Returns:
-            The JSON text.
-        """
-        payload = {
-            "filterstats": self._header(),
-            "rows": [{k: json_value(v) for k, v in r.items()} for r in self.to_records()],
-        }
-        text = json.dumps(payload, indent=1, allow_nan=False)
-        if path is not None:
-            atomic_write_text(path, text, example="table.json")
-        return text
-
-    def to_pandas(self) -> Any:
-        """The long table as a DataFrame; ``df.attrs["filterstats"]`` says how it was made.
-
-        Returns:
-            A ``pandas.DataFrame``, one row per layer and metric.
-        """
-        pd = require("pandas", extra="pandas")
-        frame = pd.DataFrame(self.to_records(), columns=list(self.columns))
-        frame.attrs["filterstats"] = self._header()
-        return frame
+    def _export_provenance(self) -> dict[str, Any]:
+        return self._header()
 
     # ---------------------------------------------------------------- display
     @property

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -43,9 +42,8 @@ from filterstats._divergence_null import (
     label_permutations,
     permutation_p,
 )
-from filterstats._files import atomic_write_text
 from filterstats._modes import eval_mode
-from filterstats._tables import RowTable, html_table, json_value
+from filterstats._tables import RowTable, html_table
 from filterstats._text import fmt, plural, render_table
 from filterstats.depth_bins import assign_depth_bins, depth_bin_labels
 from filterstats.layers import ConvLayer, FilterSet
@@ -709,48 +707,8 @@ class DivergenceByDepth(RowTable):
         caption = self._title() + ". " + self.p_value_note
         return html_table(self.to_records(), self.columns, caption=caption)
 
-    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Write (or return) the rows as CSV after a ``# filterstats {json}`` provenance line.
-
-        Args:
-            path: File to write (atomically); ``None`` returns the text only.
-
-        Returns:
-            The CSV text.
-        """
-        body = RowTable.to_csv(self)
-        text = "# filterstats " + json.dumps(self.provenance(), sort_keys=True) + "\n" + body
-        if path is not None:
-            atomic_write_text(path, text, example="table.csv")
-        return text
-
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Write (or return) ``{"filterstats": provenance, "rows": [...]}``; NaN as null.
-
-        Args:
-            path: File to write (atomically); ``None`` returns the text only.
-
-        Returns:
-            The JSON text.
-        """
-        payload = {
-            "filterstats": self.provenance(),
-            "rows": [{k: json_value(v) for k, v in r.items()} for r in self.to_records()],
-        }
-        text = json.dumps(payload, indent=1, allow_nan=False)
-        if path is not None:
-            atomic_write_text(path, text, example="table.json")
-        return text
-
-    def to_pandas(self) -> Any:
-        """Rows as a DataFrame; ``df.attrs["filterstats"]`` holds the provenance.
-
-        Returns:
-            A pandas DataFrame (needs ``filterstats[pandas]``).
-        """
-        frame = RowTable.to_pandas(self)
-        frame.attrs["filterstats"] = self.provenance()
-        return frame
+    def _export_provenance(self) -> dict[str, Any]:
+        return self.provenance()
 
 
 def _row_note(row: DivergenceRow) -> str:

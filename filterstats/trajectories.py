@@ -254,7 +254,7 @@ class TrajectoryComparison:
 
         pd = require("pandas", extra="pandas")
         frame = pd.DataFrame(self.to_records())
-        frame.attrs.update(self.provenance)
+        frame.attrs["filterstats"] = dict(self.provenance)
         return frame
 
     def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -273,7 +273,7 @@ class TrajectoryComparison:
         from filterstats._files import atomic_write_text
 
         out = io.StringIO()
-        out.write(f"# filterstats {json.dumps(dict(self.provenance), default=str)}\n")
+        out.write(f"# filterstats {json.dumps(dict(self.provenance), sort_keys=True)}\n")
         columns = list(self.rows[0]) if self.rows else ["metric", "bin", "step"]
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -301,7 +301,7 @@ class TrajectoryComparison:
         rows = [{k: json_value(v) for k, v in r.items()} for r in self.to_records()]
         text = json.dumps(
             {"filterstats": dict(self.provenance), "diverged": diverged, "rows": rows},
-            indent=1, default=str,
+            indent=1, allow_nan=False,
         )  # fmt: skip
         if path is not None:
             atomic_write_text(path, text)

@@ -211,7 +211,7 @@ def test_compare_trajectories_says_how_it_was_made_in_every_export(tmp_path):
     for key, value in want.items():
         assert result.provenance[key] == value, key
     assert "how: definition=paper, eps=0.01, kernel_size=3x3" in repr(result)
-    assert result.to_pandas().attrs["n_runs_a"] == 3
+    assert result.to_pandas().attrs["filterstats"]["n_runs_a"] == 3
     text = result.to_csv(tmp_path / "t.csv")
     assert json.loads(text.splitlines()[0].removeprefix("# filterstats "))["n_runs_b"] == 2
     assert (tmp_path / "t.csv").read_text() == text

@@ -8,9 +8,7 @@ They hold results and print them; the statistics come from
 from __future__ import annotations
 
 import html
-import json
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -19,7 +17,6 @@ from typing import Any, Literal
 import numpy as np
 
 from filterstats._checks import check_choice
-from filterstats._files import atomic_target, atomic_write_text
 from filterstats._optional import require
 from filterstats._stats import holm
 from filterstats._tables import RowTable, html_table
@@ -296,65 +293,8 @@ class _ProvenanceTable(RowTable):
         renamed = self._renamed(list(records[0]))
         return [{renamed.get(k, k): v for k, v in r.items()} for r in records]
 
-    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Write (or return) the table as CSV, provenance in a leading comment line.
-
-        Args:
-            path: File to write (atomically); ``None`` returns the text only.
-
-        Returns:
-            The CSV text: ``# filterstats {json}``, the header, one line per row.
-        """
-        text = "# filterstats " + json.dumps(_jsonable(self.provenance), sort_keys=True) + "\n"
-        text += RowTable.to_csv(self)
-        if path is not None:
-            atomic_write_text(path, text, example="table.csv")
-        return text
-
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Write (or return) ``{"filterstats": provenance, "rows": [...]}``; NaN as null.
-
-        Args:
-            path: File to write (atomically); ``None`` returns the text only.
-
-        Returns:
-            The JSON text.
-        """
-        payload = {
-            "filterstats": _jsonable(self.provenance),
-            "rows": json.loads(RowTable.to_json(self)),
-        }
-        text = json.dumps(payload, indent=1, allow_nan=False)
-        if path is not None:
-            atomic_write_text(path, text, example="table.json")
-        return text
-
-    def to_pandas(self) -> Any:
-        """Rows as a pandas DataFrame, provenance in ``frame.attrs["filterstats"]``.
-
-        Returns:
-            A DataFrame with one row per row of the table.
-        """
-        frame = RowTable.to_pandas(self)
-        frame.attrs["filterstats"] = _jsonable(self.provenance)
-        return frame
-
-    def to_parquet(self, path: str | os.PathLike[str]) -> None:
-        """Write the table as Parquet (needs ``filterstats[pandas]``).
-
-        How it was made goes into the schema metadata (key ``filterstats``, JSON).
-
-        Args:
-            path: File to write (atomically).
-        """
-        pa = require("pyarrow", extra="pandas")
-        pq = require("pyarrow.parquet", extra="pandas")
-        table = pa.Table.from_pandas(RowTable.to_pandas(self), preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta[b"filterstats"] = json.dumps(_jsonable(self.provenance)).encode()
-        table = table.replace_schema_metadata(meta)
-        with atomic_target(path, example="table.parquet") as temporary:
-            pq.write_table(table, temporary)
+    def _export_provenance(self) -> dict[str, Any]:
+        return _jsonable(self.provenance)
 
     def _repr_html_(self) -> str:
         """The table as HTML; its title and provenance as the caption."""
