@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -287,8 +288,21 @@ class ConvSpectra(RowTable, Sequence[SpectrumRow]):
         factor is; an upper bound otherwise.
 
         Returns:
-            The product (``nan`` if any computed layer lacks a value; 1 if none).
+            The product; ``nan`` (with a ``FilterStatsWarning`` naming them) when a
+            convolution was skipped or none was computed: a product that leaves out
+            layers bounds nothing of the model.
         """
+        if self.skipped or not self.computed:
+            missing = ", ".join(f"{r.layer!r} ({r.reason})" for r in self.skipped[:3])
+            more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+            reason = f"skipped: {missing}{more}" if self.skipped else "no layer was computed"
+            warnings.warn(
+                f"lipschitz_product is nan: {reason}; the product of the other layers' "
+                "norms would bound no part of the model.",
+                FilterStatsWarning,
+                stacklevel=2,
+            )
+            return math.nan
         return math.prod(row.spectral_norm for row in self.computed)
 
     def singular_values(self, layer: str, *, surrogate: bool = False) -> Tensor:
@@ -407,8 +421,7 @@ class ConvSpectra(RowTable, Sequence[SpectrumRow]):
         lines: list[list[str]] = []
         for row in self.rows:
             if row.status != "ok":
-                lines.append([row.layer, "skipped: " + row.reason] + [""] * (len(head) - 2))
-                continue
+                continue  # listed below, in their own table, reasons uncut
             padding = row.operator_padding
             if row.operator_padding != row.padding_mode:
                 padding += " (assumed)"
@@ -421,7 +434,6 @@ class ConvSpectra(RowTable, Sequence[SpectrumRow]):
         if len(lines) > max_rows:
             half = max_rows // 2
             lines = [*lines[:half], ["..."] + [""] * (len(head) - 1), *lines[-half:]]
-        lines = [[cell[:48] for cell in line] for line in lines]
         p = self.params
         title = (
             f"ConvSpectra: {p.source or 'model'} at input {p.input_size} — "
@@ -429,7 +441,12 @@ class ConvSpectra(RowTable, Sequence[SpectrumRow]):
             f"(padding={p.padding}, tol={p.tol:g}, "
             f"{'all singular values' if p.singular_values else 'spectral norms'})"
         )
-        return render_table(title, head, lines)
+        parts = [render_table(title, head, lines)]
+        if self.skipped:
+            skipped = [[row.layer, row.input_size or "?", row.kernel_size, row.reason]
+                       for row in self.skipped]  # fmt: skip
+            parts.append(render_table("skipped:", ["layer", "input", "kernel", "reason"], skipped))
+        return "\n".join(parts)
 
 
 def _expand(spectrum: _Spectrum, *, exact: bool) -> Tensor:
@@ -1197,7 +1214,14 @@ def conv_spectra(
     inner, convs = conv_modules(model)
     filters = extract_filters(model, kernel_size=None)
     modules = {name: module for module, names in convs.items() for name in names}
+    _check_input_rank(size, [module for module in convs])
     seen, shape_pass, error = _shape_pass(inner, size, convs)
+    if error and not seen and filters.layers:
+        raise ValueError(
+            f"`input_size` {size} does not fit {type(inner).__name__}: its forward pass "
+            f"failed before any convolution ({error}). Give one input's shape without the "
+            "batch dimension, with the channels the first layer expects."
+        )
     operators: dict[str, _Operator] = {}
     skipped: dict[str, str] = {}
     for layer in filters.layers:
@@ -1406,6 +1430,27 @@ def _rows(
                         kernel_size=_text(skip.kernel_size) if skip.kernel_size else "")
         )  # fmt: skip
     return tuple(computed + later)
+
+
+def _check_input_rank(size: tuple[int, ...], modules: Sequence[nn.Module]) -> None:
+    """``input_size`` has one entry per dimension of the convolutions' input, no batch."""
+    weights = [getattr(m, "weight", None) for m in modules]
+    ranks = {w.dim() - 1 for w in weights if isinstance(w, Tensor)}
+    if len(ranks) != 1:
+        return  # mixed or unknown: the shape pass decides
+    expected = ranks.pop()  # channels + spatial dimensions
+    if len(size) == expected:
+        return
+    example = "(3, 32, 32)" if expected == 3 else "(3, 1024)" if expected == 2 else "(C, ...)"
+    hint = (
+        "drop the batch dimension" if len(size) == expected + 1
+        else "add the channel count in front" if len(size) == expected - 1
+        else f"give {expected} entries"
+    )  # fmt: skip
+    raise ValueError(
+        f"`input_size` must be one input's shape without the batch, {expected} entries for "
+        f"this model's convolutions (e.g. {example}); got {size}: {hint}."
+    )
 
 
 def _check_arguments(

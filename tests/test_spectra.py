@@ -682,6 +682,27 @@ def test_lipschitz_product() -> None:
     )
 
 
+def test_lipschitz_product_is_nan_when_a_convolution_is_missing() -> None:
+    from filterstats._warnings import FilterStatsWarning
+
+    class TwoSizes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Conv2d(3, 4, 3, padding=1)
+            self.shared = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.shared(self.first(x))
+            return self.shared(nn.functional.avg_pool2d(x, 2))  # a second input size
+
+    spectra = conv_spectra(TwoSizes(), input_size=(3, 8, 8), progress=False)
+    assert [r.layer for r in spectra.skipped] == ["shared"]
+    with pytest.warns(FilterStatsWarning, match="'shared'"):
+        assert math.isnan(spectra.lipschitz_product())
+    text = spectra.table()
+    assert "skipped:" in text and spectra.skipped[0].reason in text  # uncut
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -720,3 +741,21 @@ def test_plots_return_axes() -> None:
     assert len(ax.lines) == 2 and ax.get_legend() is not None
     with pytest.raises(ValueError, match="only a bound"):
         plot_singular_values(spectra, "5")
+
+
+@pytest.mark.parametrize(
+    ("input_size", "match"),
+    [
+        ((1, 3, 16, 16), "drop the batch dimension"),
+        ((16, 16), "add the channel count"),
+        ((4, 16, 16), "does not fit"),  # the first conv expects 3 channels
+    ],
+)
+def test_an_input_size_that_does_not_fit_is_one_clear_error(input_size, match) -> None:
+    import filterstats
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    with pytest.raises(ValueError, match=match):
+        conv_spectra(net, input_size=input_size, progress=False)
+    with pytest.raises(ValueError, match=match):
+        filterstats.analyze(net, input_size=input_size, spectra=True)
