@@ -203,7 +203,7 @@ def analyze(
     if spectra:
         assert input_size is not None
         spectrum = _spectra_of(model if module is None else module, input_size, spectra_options,
-                               device=device)  # fmt: skip
+                               device=device, example_inputs=example_inputs)  # fmt: skip
         rows = _with_spectra(rows, spectrum)
         params = replace(params, spectra=json.dumps(asdict(spectrum.params), sort_keys=True))
     found = None
@@ -223,10 +223,13 @@ def _spectra_of(
     options: Mapping[str, Any] | None,
     *,
     device: str | torch.device | None,
+    example_inputs: Any = None,
 ) -> ConvSpectra:
     from filterstats.spectra import conv_spectra
 
     kwargs: dict[str, Any] = {"progress": False, "device": device}
+    if isinstance(example_inputs, torch.Tensor):  # the same input for depths and the shape pass
+        kwargs["example_inputs"] = example_inputs
     kwargs.update(options or {})
     for key in ("model", "input_size"):
         if key in kwargs:

@@ -465,7 +465,10 @@ _Call = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def _shape_pass(
-    model: nn.Module, input_size: tuple[int, ...], convs: Mapping[nn.Module, list[str]]
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    convs: Mapping[nn.Module, list[str]],
+    example_inputs: Tensor | None = None,
 ) -> tuple[dict[str, list[_Call]], str, str]:
     """Input and output shapes of every convolution from one pass of the model.
 
@@ -495,6 +498,12 @@ def _shape_pass(
     if device.type == "meta":
         device = torch.device("cpu")
     shape = (1, *input_size)
+
+    def inputs() -> Tensor:  # the user's batch (on the weights' device), else zeros
+        if example_inputs is not None:
+            return example_inputs.detach().to(device=device)
+        return torch.zeros(shape, dtype=dtype, device=device)
+
     cpu_rng = torch.random.get_rng_state()
     initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
     cuda_rng = torch.cuda.get_rng_state_all() if initialized else None
@@ -505,7 +514,7 @@ def _shape_pass(
             from torch._subclasses.fake_tensor import FakeTensorMode
 
             with torch.no_grad(), eval_mode(model), FakeTensorMode(allow_non_fake_inputs=True):
-                model(torch.zeros(shape, dtype=dtype, device=device))
+                model(inputs())
             method = "fake"
         except Exception as fake_error:  # fake tensors fail in many legitimate ways
             logger.debug("fake-tensor shape pass failed (%s); running on zeros", fake_error)
@@ -513,7 +522,7 @@ def _shape_pass(
             method = "forward"
             try:
                 with torch.no_grad(), eval_mode(model):
-                    model(torch.zeros(shape, dtype=dtype, device=device))
+                    model(inputs())
             except Exception as forward_error:
                 error = f"{type(forward_error).__name__}: {forward_error}"[:200]
     finally:
@@ -1119,6 +1128,7 @@ def conv_spectra(
     device: torch.device | str | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     progress: bool = True,
+    example_inputs: Tensor | None = None,
 ) -> ConvSpectra:
     """The spectrum of every convolution of a model, as an operator at its input size.
 
@@ -1185,6 +1195,9 @@ def conv_spectra(
             together (each at most this much; one layer or matrix larger than this
             still runs alone). The peak is about twice this plus the results.
         progress: Show a progress bar over shape groups on stderr (needs tqdm).
+        example_inputs: A real input batch ``(N, *input_size)`` for the shape pass (and
+            the layers' depths) instead of zeros, for models whose forward depends on
+            the data (``if x.sum() > 0: ...``). Its shape must agree with ``input_size``.
 
     Returns:
         A [`ConvSpectra`][filterstats.spectra.ConvSpectra]: one row per convolution,
@@ -1211,11 +1224,22 @@ def conv_spectra(
     ):
         raise ValueError(f"`lower_steps` must be None or an int >= 0; got {lower_steps!r}.")
     target = torch.device(device) if device is not None else None
+    if example_inputs is not None:
+        if not isinstance(example_inputs, Tensor) or example_inputs.dim() < 2:
+            raise TypeError(
+                "`example_inputs` must be one input batch, a tensor (N, *input_size); got "
+                f"{type(example_inputs).__name__}."
+            )
+        if tuple(example_inputs.shape[1:]) != size:
+            raise ValueError(
+                f"`example_inputs` has shape {tuple(example_inputs.shape)}, but `input_size` "
+                f"is {size}: give a batch of inputs of that size (N, {', '.join(map(str, size))})."
+            )
     inner, convs = conv_modules(model)
-    filters = extract_filters(model, kernel_size=None)
+    filters = extract_filters(model, kernel_size=None, example_inputs=example_inputs)
     modules = {name: module for module, names in convs.items() for name in names}
     _check_input_rank(size, [module for module in convs])
-    seen, shape_pass, error = _shape_pass(inner, size, convs)
+    seen, shape_pass, error = _shape_pass(inner, size, convs, example_inputs)
     if error and not seen and filters.layers:
         raise ValueError(
             f"`input_size` {size} does not fit {type(inner).__name__}: its forward pass "

@@ -759,3 +759,30 @@ def test_an_input_size_that_does_not_fit_is_one_clear_error(input_size, match) -
         conv_spectra(net, input_size=input_size, progress=False)
     with pytest.raises(ValueError, match=match):
         filterstats.analyze(net, input_size=input_size, spectra=True)
+
+
+def test_example_inputs_drive_the_shape_pass_of_a_data_dependent_forward() -> None:
+    import filterstats
+
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Conv2d(3, 4, 3, padding=1)
+            self.gated = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gate = bool(x.sum() > 0)  # closed on zeros
+            x = self.first(x)
+            return self.gated(x) if gate else x
+
+    torch.manual_seed(0)
+    net = Gate()
+    x = torch.ones(2, 3, 8, 8)
+    plain = conv_spectra(net, input_size=(3, 8, 8), progress=False)
+    assert [r.layer for r in plain.skipped] == ["gated"]
+    real = conv_spectra(net, input_size=(3, 8, 8), progress=False, example_inputs=x)
+    assert [r.layer for r in real.computed] == ["first", "gated"]
+    report = filterstats.analyze(net, input_size=(3, 8, 8), spectra=True, example_inputs=x)
+    assert not report.spectra.skipped
+    with pytest.raises(ValueError, match="example_inputs"):
+        conv_spectra(net, input_size=(3, 16, 16), progress=False, example_inputs=x)
