@@ -174,9 +174,12 @@ def extract_filters(
     result = every.select(wanted)
     if not result.layers:
         found = ", ".join(f"{s.name} ({s.reason})" for s in result.skipped[:5]) or "none"
+        which = (
+            "no convolution" if result.kernel_size is None
+            else f"no convolution with kernel size {selection_text(result.kernel_size)}"
+        )  # fmt: skip
         warnings.warn(
-            f"no convolution with kernel size {selection_text(result.kernel_size)} in "
-            f"{result.source or 'the model'}; convolutions found: {found}.",
+            f"{which} in {result.source or 'the model'}; convolutions found: {found}.",
             FilterStatsWarning,
             stacklevel=2,
         )

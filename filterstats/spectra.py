@@ -513,8 +513,19 @@ def _shape_pass(
         try:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
-            with torch.no_grad(), eval_mode(model), FakeTensorMode(allow_non_fake_inputs=True):
-                model(inputs())
+            # torch logs a traceback at ERROR when an op has no meta kernel; that case is
+            # handled here (a forward pass on real tensors), so it is not the user's news.
+            fake_logger = logging.getLogger("torch._subclasses.fake_tensor")
+            was_disabled, fake_logger.disabled = fake_logger.disabled, True
+            try:
+                with (
+                    torch.no_grad(),
+                    eval_mode(model),
+                    FakeTensorMode(allow_non_fake_inputs=True),
+                ):
+                    model(inputs())
+            finally:
+                fake_logger.disabled = was_disabled
             method = "fake"
         except Exception as fake_error:  # fake tensors fail in many legitimate ways
             logger.debug("fake-tensor shape pass failed (%s); running on zeros", fake_error)
