@@ -186,7 +186,7 @@ def test_normalised_entropy_above_one_warns_and_names_groups():
 def test_html_report_has_kind_and_the_new_columns(tmp_path):
     report = fs.analyze(Mixed(), label="m")
     page = fs.report(report, tmp_path / "r.html", figures=False).read_text(encoding="utf-8")
-    for text in ("<th>kind</th>", "depthwise", "grouped", "group_orthogonality", "freq_high"):
+    for text in (">kind</th>", "depthwise", "grouped", "group_orthogonality", "freq_high"):
         assert text in page, text
 
 
