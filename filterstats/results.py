@@ -73,7 +73,7 @@ class LayerRow(MetricAttributes):
         out_channels: Output channels (filters); ``None`` when unknown.
         groups: Convolution groups; ``None`` when unknown (state dicts).
         kind: ``"dense"``, ``"grouped"`` or ``"depthwise"``
-            ([`layer_kind`][filterstats.layers.layer_kind]); empty when the groups
+            (`filterstats.layers.layer_kind`); empty when the groups
             are unknown.
         kernel_size: Kernel size as text, e.g. ``"3x3"``; empty when unknown.
         n_filters: Kernels (``C_out * C_in / groups``); ``None`` for skipped layers.
