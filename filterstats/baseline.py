@@ -157,9 +157,7 @@ class InitBaseline(RowTable):
     @property
     def metrics(self) -> tuple[str, ...]:
         """Metrics the baseline holds, in metric-table order."""
-        held = dict.fromkeys(row.metric for row in self.rows)
-        known = [name for name in metric_table.names() if name in held]
-        return (*known, *(name for name in held if name not in known))
+        return metric_table.in_table_order(row.metric for row in self.rows)
 
     @property
     def layers(self) -> tuple[str, ...]:

@@ -14,9 +14,18 @@ sparse, more orthogonal filters; for the frequency profile, that of Lukasik et a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["METRICS", "Metric", "aggregated_metrics", "default_metrics", "get_metric", "names"]
+__all__ = [
+    "METRICS",
+    "Metric",
+    "aggregated_metrics",
+    "default_metrics",
+    "get_metric",
+    "in_table_order",
+    "names",
+]
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,21 @@ def names() -> tuple[str, ...]:
         The names, in column order.
     """
     return tuple(_BY_NAME)
+
+
+def in_table_order(held: Iterable[str]) -> tuple[str, ...]:
+    """Metric names as tables show them: the table's own in its order, then any others.
+
+    Args:
+        held: Names a result holds, in the order first seen (duplicates allowed).
+
+    Returns:
+        The names of the metric table that are held, in table order, then the other
+        held names (drift columns, say) in the order first seen.
+    """
+    seen = dict.fromkeys(held)
+    known = [name for name in _BY_NAME if name in seen]
+    return (*known, *(name for name in seen if name not in _BY_NAME))
 
 
 def default_metrics() -> tuple[str, ...]:

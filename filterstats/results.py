@@ -212,9 +212,7 @@ class FilterReport(Sequence[LayerRow]):
     @property
     def metrics(self) -> tuple[str, ...]:
         """Metric columns the report holds: metric-table order, then any others."""
-        held = dict.fromkeys(name for row in self.rows for name in row.metrics)
-        known = [name for name in metric_table.names() if name in held]
-        return (*known, *(name for name in held if name not in known))
+        return metric_table.in_table_order(name for row in self.rows for name in row.metrics)
 
     @property
     def columns(self) -> tuple[str, ...]:

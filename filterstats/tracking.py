@@ -285,9 +285,7 @@ class FilterHistory(Sequence[HistoryRow]):
     @property
     def metrics(self) -> tuple[str, ...]:
         """Metric columns: those of the metric table held, then the drift columns."""
-        held = dict.fromkeys(name for row in self.rows for name in row.metrics)
-        known = [name for name in metric_table.names() if name in held]
-        return (*known, *(name for name in held if name not in known))
+        return metric_table.in_table_order(name for row in self.rows for name in row.metrics)
 
     @property
     def columns(self) -> tuple[str, ...]:
