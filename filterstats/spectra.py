@@ -770,17 +770,36 @@ def _singular_values_of(
     )
 
 
+@dataclass(frozen=True)
+class _GramSetup:
+    """What both Gram-based methods start from, for one batch of same-shape operators."""
+
+    taps: Tensor  # (L, taps, groups, p, q) float64
+    u: Tensor  # frequencies of the polyphase grid (conjugate symmetry used)
+    v: Tensor
+    offsets: Tensor  # tap offsets d of the cross-products R_d
+    grams: Tensor  # (L, groups, D, q, q) the R_d
+    inner: Any  # offset_grams' rounding information
+    trig: Tensor  # phases of every offset at every frequency
+
+
+def _gram_setup(operators: Sequence[_Operator]) -> _GramSetup:
+    taps, grid_taps = _taps(operators, torch.float64)
+    grid = operators[0].plan.polyphase_grid
+    u, v, _ = _spectral.frequencies(grid, grid_taps)
+    offsets, grams, inner = _spectral.offset_grams(taps, grid_taps)
+    trig = _spectral.offset_phases(u, v, offsets, grid, device=taps.device)
+    return _GramSetup(taps, u, v, offsets, grams, inner, trig)
+
+
 def _singular_values_by_gram(operators: Sequence[_Operator], *, max_memory: int) -> _GroupResult:
     """All singular values as square roots of the Gram matrices' eigenvalues (float64)."""
-    taps, grid_taps = _taps(operators, torch.float64)
-    plan = operators[0].plan
+    g = _gram_setup(operators)
+    taps, grams, trig = g.taps, g.grams, g.trig
     layers, _, groups, p, q = taps.shape
     device = taps.device
     r = min(p, q)
-    u, v, _ = _spectral.frequencies(plan.polyphase_grid, grid_taps)
-    frequencies = u.numel()
-    offsets, grams, _ = _spectral.offset_grams(taps, grid_taps)
-    trig = _spectral.offset_phases(u, v, offsets, plan.polyphase_grid, device=device)
+    frequencies = g.u.numel()
     per_chunk = max(1, max_memory // (groups * r * r * 16 * 4))
     values = torch.empty(layers, frequencies, groups, r, dtype=torch.float64, device=device)
     for layer in range(layers):
@@ -844,15 +863,13 @@ def _spectral_norms_certificate(
     Gram matrices and work arrays (about ten ``r x r`` complex128 matrices per
     frequency and group) at once.
     """
-    taps, grid_taps = _taps(operators, torch.float64)
-    plan = operators[0].plan
+    g = _gram_setup(operators)
+    taps, grams, trig, inner, offsets = g.taps, g.grams, g.trig, g.inner, g.offsets
+    u = g.u
     layers, count, groups, p, q = taps.shape
     device = taps.device
     r = min(p, q)
-    u, v, _ = _spectral.frequencies(plan.polyphase_grid, grid_taps)
     frequencies = u.numel()
-    offsets, grams, inner = _spectral.offset_grams(taps, grid_taps)
-    trig = _spectral.offset_phases(u, v, offsets, plan.polyphase_grid, device=device)
     squared = taps.square().sum((1, 3, 4))  # (L, g): ||W||_F^2 per group
     error = _spectral.gram_error(inner, count, offsets.shape[0], squared)  # (L, g)
     traces = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (L, g, D)
